@@ -1,0 +1,287 @@
+"""The backend switch: which array library (and device) new arrays are created on.
+
+Resolution order, highest first:
+
+1. an explicit call: :func:`set_backend` or the :func:`using` context manager;
+2. the environment variable ``XPCNN_BACKEND`` (read once, on first use);
+3. the default, ``numpy``.
+
+A backend spec is ``NAME`` or ``NAME:DEVICE``: ``numpy``, ``cupy``, ``cupy:1``,
+``torch``, ``torch:cuda:0``, ``array_api_strict``.  Nothing here writes files or
+mutates ``os.environ``; a backend that cannot be loaded raises
+:class:`BackendError` with the reason and an install hint (never a silent
+fallback to NumPy).
+
+Only this module (and the host-side data code) imports NumPy directly.  The
+layers and the functional ops take their namespace from their input arrays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "ENV_VAR",
+    "asarray",
+    "available_backends",
+    "get_backend",
+    "host_rng",
+    "parse_spec",
+    "seed",
+    "set_backend",
+    "to_numpy",
+    "using",
+]
+
+ENV_VAR = "XPCNN_BACKEND"
+DEFAULT_SPEC = "numpy"
+KNOWN_BACKENDS = ("numpy", "cupy", "torch", "array_api_strict")
+#: The Array API version array_api_strict is pinned to (scalar arguments to
+#: ``maximum``/``where`` need 2024.12).
+STRICT_API_VERSION = "2024.12"
+
+_INSTALL_HINTS = {
+    "cupy": "install CuPy for your CUDA version: pip install 'xpcnn[cuda12]' or 'xpcnn[cuda13]'",
+    "torch": "install PyTorch: pip install torch",
+    "array_api_strict": "install it: pip install array-api-strict (or pip install 'xpcnn[test]')",
+    "numpy": "install NumPy: pip install numpy",
+}
+
+
+class BackendError(RuntimeError):
+    """A backend was named that does not exist or cannot be used here."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A resolved backend: its name, its Array API namespace and its device.
+
+    ``xp`` is the array-api-compat namespace (``array_api_compat.numpy`` for
+    NumPy), so ``xp.asarray(..., device=backend.device)`` works everywhere.
+    """
+
+    name: str
+    xp: Any
+    device: Any
+    spec: str
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """Split ``"cupy:1"`` into ``("cupy", "1")`` and ``"numpy"`` into ``("numpy", None)``."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise BackendError(f"backend spec must be a non-empty string like 'numpy' or 'cupy:0', got {spec!r}")
+    name, _, device = spec.strip().partition(":")
+    name = name.strip().lower().replace("-", "_")
+    if name not in KNOWN_BACKENDS:
+        raise BackendError(f"unknown backend {name!r} (from {spec!r}); expected one of {', '.join(KNOWN_BACKENDS)}")
+    device = device.strip() or None
+    if name in ("numpy", "array_api_strict") and device not in (None, "cpu"):
+        raise BackendError(f"backend {name!r} only has a CPU device, got device {device!r}")
+    return name, device
+
+
+def _import(name: str) -> Any:
+    try:
+        return __import__(name)
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise BackendError(f"backend {name!r} is not available: {exc}. To fix: {_INSTALL_HINTS[name]}") from exc
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(spec: str) -> Backend:
+    name, device = parse_spec(spec)
+    if name == "numpy":
+        return Backend("numpy", array_api_compat.array_namespace(np.empty(0)), "cpu", "numpy")
+    if name == "array_api_strict":
+        strict = _import("array_api_strict")
+        strict.set_array_api_strict_flags(api_version=STRICT_API_VERSION)
+        return Backend(name, strict, strict.asarray(0).device, name)
+    if name == "torch":
+        torch = _import("torch")
+        try:
+            dev = torch.device(device or "cpu")
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as exc:
+            raise BackendError(f"torch device {device!r} is not usable here: {exc}") from exc
+        return Backend(name, array_api_compat.array_namespace(torch.empty(0)), dev, f"torch:{dev}")
+    # cupy
+    cupy = _import("cupy")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError when the driver is missing
+        raise BackendError(f"backend 'cupy' needs a CUDA GPU, but CUDA reports: {exc}. {_INSTALL_HINTS['cupy']}") from exc
+    index = int(device) if device not in (None, "cuda") else 0
+    if not 0 <= index < count:
+        raise BackendError(f"CUDA device {index} requested, but {count} device(s) are visible")
+    dev = cupy.cuda.Device(index)
+    with dev:
+        xp = array_api_compat.array_namespace(cupy.empty(0))
+    return Backend("cupy", xp, dev, f"cupy:{index}")
+
+
+_explicit: contextvars.ContextVar[str | None] = contextvars.ContextVar("xpcnn_backend", default=None)
+
+
+@functools.lru_cache(maxsize=1)
+def _env_spec() -> str:
+    return os.environ.get(ENV_VAR, "").strip() or DEFAULT_SPEC
+
+
+def get_backend() -> Backend:
+    """The backend new arrays go to: explicit setting > ``$XPCNN_BACKEND`` > ``numpy``."""
+    spec = _explicit.get()
+    if spec is None:
+        spec = _env_spec()
+    try:
+        return _resolve(spec)
+    except BackendError as exc:
+        source = "set_backend/using" if _explicit.get() is not None else f"${ENV_VAR}"
+        raise BackendError(f"{exc} (backend chosen by {source})") from exc
+
+
+def set_backend(spec: str | Backend | None) -> Backend:
+    """Choose the backend for this thread/context; ``None`` returns to ``$XPCNN_BACKEND``."""
+    if spec is None:
+        _explicit.set(None)
+        return get_backend()
+    spec = spec.spec if isinstance(spec, Backend) else spec
+    backend = _resolve(spec)  # validate before switching
+    _explicit.set(spec)
+    return backend
+
+
+@contextlib.contextmanager
+def using(spec: str | Backend) -> Iterator[Backend]:
+    """Temporarily switch the backend: ``with xpcnn.backend.using("torch"): ...``."""
+    spec = spec.spec if isinstance(spec, Backend) else spec
+    backend = _resolve(spec)
+    token = _explicit.set(spec)
+    try:
+        yield backend
+    finally:
+        _explicit.reset(token)
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can be loaded on this machine (CuPy only with a GPU)."""
+    names = []
+    for name in KNOWN_BACKENDS:
+        try:
+            _resolve(name)
+        except BackendError:
+            continue
+        names.append(name)
+    return names
+
+
+def dtype(name: Any, xp: Any) -> Any:
+    """The ``xp`` dtype for ``name``: a string (``"float32"``), a NumPy dtype, or already an ``xp`` dtype."""
+    if not isinstance(name, str):
+        try:
+            name = np.dtype(name).name
+        except TypeError:
+            return name  # already a backend dtype (torch.float32, ...)
+    try:
+        return getattr(xp, name)
+    except AttributeError:
+        raise TypeError(f"dtype {name!r} does not exist in namespace {getattr(xp, '__name__', xp)}") from None
+
+
+def asarray(host: Any, dtype: Any = None, backend: str | Backend | None = None) -> Any:
+    """Copy a host (NumPy-convertible) array onto the current backend and device.
+
+    ``dtype`` may be a name (``"float32"``), a NumPy dtype or a backend dtype;
+    ``None`` keeps the host array's dtype.
+    """
+    be = get_backend() if backend is None else (backend if isinstance(backend, Backend) else _resolve(backend))
+    host = np.asarray(host)
+    if dtype is not None:
+        host = host.astype(np.dtype(_numpy_name(dtype)), copy=False)
+    if be.name == "numpy":
+        return np.array(host, copy=True)
+    if be.name == "torch":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(host).copy()).to(be.device)
+    if be.name == "cupy":
+        import cupy
+
+        with be.device:
+            return cupy.asarray(host)
+    return be.xp.asarray(host, device=be.device)
+
+
+def _numpy_name(dtype: Any) -> str:
+    if isinstance(dtype, str):
+        return dtype
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return str(dtype).rsplit(".", 1)[-1]  # torch.float32 -> float32; strict dtypes print as their name
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Copy any backend's array to a host NumPy array (a no-op view for NumPy)."""
+    if isinstance(x, np.ndarray):
+        return x
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if np.isscalar(x):
+        return np.asarray(x)
+    try:
+        return np.from_dlpack(x)
+    except (TypeError, RuntimeError, BufferError, AttributeError):
+        return np.asarray(x)
+
+
+def backend_name(x: Any) -> str:
+    """A short name for the library an array belongs to (for error messages)."""
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    if array_api_compat.is_cupy_array(x):
+        return "cupy"
+    if array_api_compat.is_torch_array(x):
+        return "torch"
+    module = type(x).__module__.split(".")[0]
+    return module
+
+
+# ----------------------------------------------------------------------------- host RNG
+
+_default_rng = np.random.default_rng()
+
+
+def seed(value: int | None) -> None:
+    """Reseed the global host generator used when a layer or loader gets no ``rng``."""
+    global _default_rng
+    _default_rng = np.random.default_rng(value)
+
+
+def host_rng(rng: np.random.Generator | int | None = None) -> np.random.Generator:
+    """A host ``numpy.random.Generator``: the one given, a new one from a seed, or the global one.
+
+    Randomness (initialisation, dropout masks, shuffling) is drawn on the host
+    and then moved to the backend, so the same seed gives the same numbers on
+    every backend.
+    """
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None:
+        return _default_rng
+    return np.random.default_rng(rng)

@@ -1,0 +1,74 @@
+"""Shared argument checks for the functional ops: namespace, device, rank, dtype, geometry.
+
+Every error names what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+Pair = tuple[int, int]
+
+
+def namespace(*arrays: Any) -> Any:
+    """The Array API namespace shared by ``arrays``; a clear error if they mix libraries or devices."""
+    present = [a for a in arrays if a is not None]
+    try:
+        xp = array_api_compat.array_namespace(*present)
+    except TypeError as exc:
+        kinds = sorted({f"{type(a).__module__}.{type(a).__name__}" for a in present})
+        raise TypeError(f"arrays from different backends cannot be mixed: got {', '.join(kinds)}; "
+                        "move them with xpcnn.backend.asarray / to_numpy first") from exc
+    devices = [array_api_compat.device(a) for a in present]
+    if any(d != devices[0] for d in devices[1:]):
+        raise ValueError(f"arrays live on different devices: {', '.join(map(str, devices))}; expected one device")
+    return xp
+
+
+def pair(value: int | tuple[int, int], name: str) -> Pair:
+    """``3 -> (3, 3)``; ``(3, 2) -> (3, 2)``; rejects anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        return (int(value[0]), int(value[1]))
+    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def check_rank(x: Any, ndim: int | tuple[int, ...], name: str, layout: str) -> None:
+    ranks = (ndim,) if isinstance(ndim, int) else ndim
+    if x.ndim not in ranks:
+        raise ValueError(f"{name} must be {layout} ({' or '.join(map(str, ranks))}-D), "
+                         f"got shape {tuple(x.shape)} ({x.ndim}-D)")
+
+
+def check_floating(x: Any, name: str) -> None:
+    xp = array_api_compat.array_namespace(x)
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(f"{name} must be a real floating array (float32 or float64), got dtype {x.dtype}")
+
+
+def check_same_dtype(ref: Any, ref_name: str, **others: Any) -> None:
+    for name, arr in others.items():
+        if arr is not None and arr.dtype != ref.dtype:
+            raise TypeError(f"dtype mismatch: {ref_name} is {ref.dtype} but {name} is {arr.dtype}; "
+                            f"cast one of them (e.g. xp.astype({name}, {ref_name}.dtype))")
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, axis: str) -> int:
+    """``OH = (H + 2P - D*(K-1) - 1) / S + 1``; raises unless the windows tile the padded input exactly."""
+    if stride < 1 or dilation < 1 or padding < 0 or kernel < 1:
+        raise ValueError(f"need kernel >= 1, stride >= 1, dilation >= 1, padding >= 0 along {axis}; "
+                         f"got kernel={kernel}, stride={stride}, dilation={dilation}, padding={padding}")
+    span = dilation * (kernel - 1) + 1
+    padded = size + 2 * padding
+    if span > padded:
+        raise ValueError(f"kernel extent {span} along {axis} is larger than the padded input "
+                         f"({size} + 2*{padding} = {padded})")
+    if (padded - span) % stride != 0:
+        raise ValueError(f"non-integer output size along {axis}: (input {size} + 2*padding {padding} - "
+                         f"kernel extent {span}) = {padded - span} is not divisible by stride {stride}; "
+                         "change the padding or the stride")
+    return (padded - span) // stride + 1

@@ -1,0 +1,194 @@
+"""2-D convolution by im2col / col2im, written against the Array API.
+
+Conventions (PyTorch-compatible): ``x: (N, C, H, W)``, ``W: (F, C, KH, KW)``,
+``b: (F,)``, output ``y: (N, F, OH, OW)`` with
+
+    OH = (H + 2*PH - DH*(KH - 1) - 1) / SH + 1        (likewise OW)
+
+and the output size must be an integer (otherwise ValueError).
+
+Column layout: ``col: (N, KH*KW*C, OH*OW)``, rows ordered tap-major
+(``row = (i*KW + j)*C + c`` for kernel tap ``(i, j)`` and channel ``c``).  With
+the weights permuted to ``Wm: (F, KH*KW*C)`` one broadcast ``matmul`` gives the
+output directly in NCHW order:
+
+    y[n] = Wm @ col[n] + b                     (forward)
+    dW   = sum_n dout[n] @ col[n]^T            (weight gradient)
+    dcol = Wm^T @ dout[n];  dx = col2im(dcol)  (input gradient)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import array_api_compat
+
+from ._checks import (
+    Pair,
+    check_floating,
+    check_rank,
+    check_same_dtype,
+    namespace,
+    output_size,
+    pair,
+)
+
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "conv2d_forward",
+    "conv_geometry",
+    "col2im",
+    "im2col",
+    "pad2d",
+]
+
+
+def conv_geometry(x_shape: tuple[int, ...], kernel_size: Pair, stride: Pair, padding: Pair,
+                  dilation: Pair) -> tuple[int, int]:
+    """Output ``(OH, OW)`` for an input of shape ``(N, C, H, W)``; raises on a bad geometry."""
+    H, W = x_shape[-2], x_shape[-1]
+    oh = output_size(H, kernel_size[0], stride[0], padding[0], dilation[0], "height")
+    ow = output_size(W, kernel_size[1], stride[1], padding[1], dilation[1], "width")
+    return oh, ow
+
+
+def pad2d(x: Any, padding: Pair, value: float = 0.0) -> Any:
+    """Pad the last two axes of ``x: (N, C, H, W)`` with ``value`` (one allocation + one slice copy)."""
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    xp = array_api_compat.array_namespace(x)
+    N, C, H, W = x.shape
+    out = xp.full((N, C, H + 2 * ph, W + 2 * pw), value, dtype=x.dtype, device=array_api_compat.device(x))
+    out[:, :, ph:ph + H, pw:pw + W] = x
+    return out
+
+
+def tap_slices(kernel_size: Pair, out_size: Pair, stride: Pair, dilation: Pair) -> Iterator[tuple[slice, slice]]:
+    """For each kernel tap ``(i, j)`` (row-major), the strided slices of the padded input it reads."""
+    (KH, KW), (oh, ow), (sh, sw), (dh, dw) = kernel_size, out_size, stride, dilation
+    for i in range(KH):
+        for j in range(KW):
+            h0, w0 = i * dh, j * dw
+            yield slice(h0, h0 + sh * (oh - 1) + 1, sh), slice(w0, w0 + sw * (ow - 1) + 1, sw)
+
+
+def _geometry(x_shape, kernel_size, stride, padding, dilation):
+    k = pair(kernel_size, "kernel_size")
+    s = pair(stride, "stride")
+    p = pair(padding, "padding")
+    d = pair(dilation, "dilation")
+    return k, s, p, d, conv_geometry(x_shape, k, s, p, d)
+
+
+def im2col(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, padding: int | Pair = 0,
+           dilation: int | Pair = 1) -> Any:
+    """Unfold the receptive fields of ``x: (N, C, H, W)`` into ``col: (N, KH*KW*C, OH*OW)``.
+
+    Pads once, then loops only over the ``KH*KW`` kernel taps, each a strided
+    slice of the padded input, and stacks them.
+    """
+    check_rank(x, 4, "x", "(N, C, H, W)")
+    xp = array_api_compat.array_namespace(x)
+    k, s, p, d, (oh, ow) = _geometry(x.shape, kernel_size, stride, padding, dilation)
+    N, C = x.shape[0], x.shape[1]
+    xpad = pad2d(x, p)
+    taps = [xpad[:, :, hs, ws] for hs, ws in tap_slices(k, (oh, ow), s, d)]
+    col = xp.stack(taps, axis=1)  # (N, KH*KW, C, OH, OW)
+    return xp.reshape(col, (N, k[0] * k[1] * C, oh * ow))
+
+
+def col2im(col: Any, x_shape: tuple[int, int, int, int], kernel_size: int | Pair, stride: int | Pair = 1,
+           padding: int | Pair = 0, dilation: int | Pair = 1) -> Any:
+    """The adjoint of :func:`im2col`: scatter-add ``col: (N, KH*KW*C, OH*OW)`` back to ``(N, C, H, W)``.
+
+    Each tap is added into a padded buffer with a strided slice (deterministic,
+    no atomics), then the padding is cropped.
+    """
+    xp = array_api_compat.array_namespace(col)
+    N, C, H, W = x_shape
+    k, s, p, d, (oh, ow) = _geometry(x_shape, kernel_size, stride, padding, dilation)
+    expected = (N, k[0] * k[1] * C, oh * ow)
+    if tuple(col.shape) != expected:
+        raise ValueError(f"col must have shape {expected} for x_shape {tuple(x_shape)}, got {tuple(col.shape)}")
+    cols = xp.reshape(col, (N, k[0] * k[1], C, oh, ow))
+    buf = xp.zeros((N, C, H + 2 * p[0], W + 2 * p[1]), dtype=col.dtype, device=array_api_compat.device(col))
+    for t, (hs, ws) in enumerate(tap_slices(k, (oh, ow), s, d)):
+        buf[:, :, hs, ws] += cols[:, t, :, :, :]
+    if p == (0, 0):
+        return buf
+    return buf[:, :, p[0]:p[0] + H, p[1]:p[1] + W]
+
+
+def _weights_as_matrix(xp: Any, W: Any) -> Any:
+    """``W: (F, C, KH, KW) -> Wm: (F, KH*KW*C)`` matching im2col's tap-major rows."""
+    F = W.shape[0]
+    return xp.reshape(xp.permute_dims(W, (0, 2, 3, 1)), (F, -1))
+
+
+def _check_conv_args(x: Any, W: Any, b: Any) -> Any:
+    xp = namespace(x, W, b)
+    check_rank(x, 4, "x", "(N, C, H, W)")
+    check_rank(W, 4, "W", "(F, C, KH, KW)")
+    check_floating(x, "x")
+    check_same_dtype(x, "x", W=W, b=b)
+    if x.shape[1] != W.shape[1]:
+        raise ValueError(f"channel mismatch: W expects {W.shape[1]} input channels (W shape {tuple(W.shape)}), "
+                         f"but x has {x.shape[1]} (x shape {tuple(x.shape)})")
+    if b is not None and tuple(b.shape) != (W.shape[0],):
+        raise ValueError(f"b must have shape ({W.shape[0]},) for W of shape {tuple(W.shape)}, got {tuple(b.shape)}")
+    return xp
+
+
+def conv2d_forward(x: Any, W: Any, b: Any | None = None, stride: int | Pair = 1, padding: int | Pair = 0,
+                   dilation: int | Pair = 1) -> tuple[Any, Any]:
+    """Convolution (cross-correlation, as in every framework): returns ``(y, col)``.
+
+    x: (N, C, H, W), W: (F, C, KH, KW), b: (F,) or None -> y: (N, F, OH, OW);
+    ``col`` is the im2col matrix that :func:`conv2d_backward` needs.
+    """
+    xp = _check_conv_args(x, W, b)
+    N, F = x.shape[0], W.shape[0]
+    kernel = (W.shape[2], W.shape[3])
+    col = im2col(x, kernel, stride, padding, dilation)
+    oh, ow = conv_geometry(x.shape, kernel, pair(stride, "stride"), pair(padding, "padding"),
+                           pair(dilation, "dilation"))
+    y = xp.matmul(_weights_as_matrix(xp, W), col)  # (F, K) @ (N, K, L) -> (N, F, L)
+    if b is not None:
+        y += xp.reshape(b, (F, 1))
+    return xp.reshape(y, (N, F, oh, ow)), col
+
+
+def conv2d(x: Any, W: Any, b: Any | None = None, stride: int | Pair = 1, padding: int | Pair = 0,
+           dilation: int | Pair = 1) -> Any:
+    """Convolution forward only: ``y: (N, F, OH, OW)``."""
+    return conv2d_forward(x, W, b, stride, padding, dilation)[0]
+
+
+def conv2d_backward(dout: Any, col: Any, x_shape: tuple[int, int, int, int], W: Any, stride: int | Pair = 1,
+                    padding: int | Pair = 0, dilation: int | Pair = 1,
+                    need_dx: bool = True) -> tuple[Any | None, Any, Any]:
+    """Gradients of the convolution: returns ``(dx, dW, db)``.
+
+    dout: (N, F, OH, OW); col: (N, KH*KW*C, OH*OW) from the forward pass;
+    dx: (N, C, H, W) or None when ``need_dx`` is False (the first layer);
+    dW: (F, C, KH, KW); db: (F,).
+    """
+    xp = namespace(dout, col, W)
+    check_same_dtype(W, "W", dout=dout)
+    N, F = dout.shape[0], W.shape[0]
+    C, KH, KW = W.shape[1], W.shape[2], W.shape[3]
+    expected = (N, F, *conv_geometry(x_shape, (KH, KW), pair(stride, "stride"), pair(padding, "padding"),
+                                     pair(dilation, "dilation")))
+    if tuple(dout.shape) != expected:
+        raise ValueError(f"dout must have the forward output's shape {expected}, got {tuple(dout.shape)}")
+    d2 = xp.reshape(dout, (N, F, -1))
+    db = xp.sum(d2, axis=(0, 2))
+    dWm = xp.sum(xp.matmul(d2, xp.matrix_transpose(col)), axis=0)  # (F, KH*KW*C)
+    dW = xp.permute_dims(xp.reshape(dWm, (F, KH, KW, C)), (0, 3, 1, 2))
+    if not need_dx:
+        return None, dW, db
+    dcol = xp.matmul(xp.matrix_transpose(_weights_as_matrix(xp, W)), d2)  # (N, KH*KW*C, L)
+    return col2im(dcol, x_shape, (KH, KW), stride, padding, dilation), dW, db
