@@ -234,6 +234,16 @@ def _numpy_name(dtype: Any) -> str:
         return str(dtype).rsplit(".", 1)[-1]  # torch.float32 -> float32; strict dtypes print as their name
 
 
+def to_device_like(host: Any, like: Any) -> Any:
+    """Copy a host array onto ``like``'s backend and device, in ``like``'s dtype."""
+    xp = array_api_compat.array_namespace(like)
+    if array_api_compat.is_torch_array(like):
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(host)).to(device=like.device, dtype=like.dtype)
+    return xp.asarray(np.asarray(host), dtype=like.dtype, device=array_api_compat.device(like))
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """Copy any backend's array to a host NumPy array (a no-op view for NumPy)."""
     if isinstance(x, np.ndarray):

@@ -1,0 +1,42 @@
+"""Inverted dropout: at train time keep each unit with probability ``1 - p`` and scale it by ``1/(1 - p)``.
+
+The mask is drawn on the host RNG and moved to the input's backend, so the
+same seed drops the same units on every backend; eval mode is the identity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._checks import check_floating, namespace
+
+__all__ = ["dropout_backward", "dropout_forward", "dropout_mask"]
+
+
+def dropout_mask(shape: tuple[int, ...], p: float, rng: Any, like: Any) -> Any:
+    """A mask of ``0`` and ``1/(1 - p)`` with ``shape``, on ``like``'s backend, device and dtype.
+
+    ``rng`` is a host ``numpy.random.Generator`` (see :func:`xpcnn.backend.host_rng`).
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    from ..backend import to_device_like
+
+    keep = rng.random(shape) >= p  # host bool array
+    return to_device_like(keep * (1.0 / (1.0 - p)), like)
+
+
+def dropout_forward(x: Any, mask: Any) -> Any:
+    """``y = x * mask`` with a mask from :func:`dropout_mask`. x: any shape."""
+    namespace(x, mask)
+    check_floating(x, "x")
+    if tuple(mask.shape) != tuple(x.shape):
+        raise ValueError(f"dropout mask shape {tuple(mask.shape)} does not match x shape {tuple(x.shape)}")
+    return x * mask
+
+
+def dropout_backward(dout: Any, mask: Any) -> Any:
+    """``dx = dout * mask``."""
+    namespace(dout, mask)
+    return dout * mask
+

@@ -1,0 +1,87 @@
+"""Losses: softmax cross-entropy from integer labels, and mean squared error.
+
+Both return the loss as a 0-d array (no host sync) averaged over the batch,
+and their backward passes return the gradient with respect to the network's
+output for an upstream gradient of 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+
+from ._checks import check_floating, check_rank, check_same_dtype, namespace
+from .activation import log_softmax
+
+__all__ = [
+    "mean_squared_error",
+    "mean_squared_error_backward",
+    "one_hot",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_backward",
+]
+
+
+def one_hot(labels: Any, num_classes: int, dtype: Any) -> Any:
+    """``labels: (N,)`` integers -> ``(N, num_classes)`` of 0/1 in ``dtype`` (a comparison, no scatter)."""
+    xp = namespace(labels)
+    classes = xp.arange(num_classes, dtype=labels.dtype, device=array_api_compat.device(labels))
+    return xp.astype(xp.reshape(labels, (-1, 1)) == xp.reshape(classes, (1, -1)), dtype)
+
+
+def _check_labels(xp: Any, logits: Any, labels: Any) -> None:
+    check_rank(logits, 2, "logits", "(N, C)")
+    check_rank(labels, 1, "labels", "(N,) integer class indices")
+    check_floating(logits, "logits")
+    if not xp.isdtype(labels.dtype, "integral"):
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"batch size mismatch: logits have {logits.shape[0]} rows, labels have {labels.shape[0]}")
+    n_classes = logits.shape[1]
+    if labels.shape[0] > 0:
+        lo, hi = int(xp.min(labels)), int(xp.max(labels))
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(f"labels must lie in [0, {n_classes}) for logits with {n_classes} classes, "
+                             f"got values in [{lo}, {hi}]")
+
+
+def softmax_cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
+    """Mean cross-entropy of ``softmax(logits)`` against integer ``labels``; returns ``(loss, probs)``.
+
+    logits: (N, C) float, labels: (N,) int in [0, C) -> loss: 0-d, probs: (N, C).
+    ``L = -1/N * sum_n log softmax(logits_n)[t_n]``, computed via log-softmax
+    so it stays finite for large logits.
+    """
+    xp = namespace(logits, labels)
+    _check_labels(xp, logits, labels)
+    logp = log_softmax(logits, axis=-1)
+    t = one_hot(labels, logits.shape[1], logits.dtype)
+    loss = -xp.sum(t * logp) / float(logits.shape[0])
+    return loss, xp.exp(logp)
+
+
+def softmax_cross_entropy_backward(probs: Any, labels: Any) -> Any:
+    """Fused gradient of softmax + cross-entropy: ``dlogits = (softmax - onehot) / N``."""
+    xp = namespace(probs, labels)
+    return (probs - one_hot(labels, probs.shape[1], probs.dtype)) / float(probs.shape[0])
+
+
+def mean_squared_error(y: Any, t: Any) -> Any:
+    """``E = 1/N * sum_n 1/2 * ||y_n - t_n||^2`` (seed 000, eq. 1-2, averaged over the batch).
+
+    y, t: (N, ...) with equal shapes and dtypes -> 0-d loss.
+    """
+    xp = namespace(y, t)
+    check_floating(y, "y")
+    check_same_dtype(y, "y", t=t)
+    if tuple(y.shape) != tuple(t.shape):
+        raise ValueError(f"y and t must have the same shape, got {tuple(y.shape)} and {tuple(t.shape)}")
+    diff = y - t
+    return 0.5 * xp.sum(diff * diff) / float(y.shape[0])
+
+
+def mean_squared_error_backward(y: Any, t: Any) -> Any:
+    """``dE/dy = (y - t) / N``."""
+    namespace(y, t)
+    return (y - t) / float(y.shape[0])

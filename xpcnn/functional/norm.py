@@ -1,0 +1,108 @@
+"""Batch normalisation for ``(N, D)`` and ``(N, C, H, W)`` inputs, forward and backward.
+
+Train mode normalises with the batch mean and the *biased* batch variance and
+returns updated running statistics (PyTorch convention):
+
+    mu = mean(x),  var = mean((x - mu)^2),  xhat = (x - mu) / sqrt(var + eps)
+    y = gamma * xhat + beta
+    running_mean <- (1 - momentum) * running_mean + momentum * mu
+    running_var  <- (1 - momentum) * running_var  + momentum * var * M / (M - 1)
+
+with M the number of values per feature (N, or N*H*W).  Eval mode uses the
+running statistics instead.  Statistics are per feature: axis 0 for (N, D),
+axes (0, 2, 3) for (N, C, H, W).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._checks import check_floating, check_rank, check_same_dtype, namespace
+
+__all__ = ["BatchNormCache", "batch_norm_backward", "batch_norm_forward"]
+
+
+@dataclass
+class BatchNormCache:
+    """What the backward pass needs: the normalised input, ``1/sqrt(var + eps)`` and the mode."""
+
+    xhat: Any
+    inv_std: Any  # broadcastable to x
+    gamma: Any    # broadcastable to x
+    train: bool
+
+
+def _axes_and_shape(x: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    if x.ndim == 2:
+        return (0,), (1, x.shape[1])
+    return (0, 2, 3), (1, x.shape[1], 1, 1)
+
+
+def batch_norm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any, train: bool,
+                       momentum: float = 0.1, eps: float = 1e-5) -> tuple[Any, BatchNormCache, Any, Any]:
+    """Returns ``(y, cache, new_running_mean, new_running_var)``.
+
+    x: (N, D) or (N, C, H, W); gamma, beta, running_mean, running_var: (D,) or (C,).
+    In eval mode the running statistics are returned unchanged.
+    """
+    xp = namespace(x, gamma, beta, running_mean, running_var)
+    check_rank(x, (2, 4), "x", "(N, D) or (N, C, H, W)")
+    check_floating(x, "x")
+    check_same_dtype(x, "x", gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    axes, bshape = _axes_and_shape(x)
+    features = x.shape[1]
+    for name, arr in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
+        if tuple(arr.shape) != (features,):
+            raise ValueError(f"{name} must have shape ({features},) for x of shape {tuple(x.shape)}, "
+                             f"got {tuple(arr.shape)}")
+    g = xp.reshape(gamma, bshape)
+    if train:
+        count = 1
+        for a in axes:
+            count *= x.shape[a]
+        if count < 2:
+            raise ValueError(f"batch norm in train mode needs more than one value per feature, got x of shape "
+                             f"{tuple(x.shape)}")
+        mu = xp.mean(x, axis=axes, keepdims=True)
+        xc = x - mu
+        var = xp.mean(xc * xc, axis=axes, keepdims=True)
+        inv_std = 1.0 / xp.sqrt(var + float(eps))
+        xhat = xc * inv_std
+        m = float(momentum)
+        new_mean = (1.0 - m) * running_mean + m * xp.reshape(mu, (features,))
+        new_var = (1.0 - m) * running_var + m * xp.reshape(var, (features,)) * (count / (count - 1.0))
+    else:
+        inv_std = xp.reshape(1.0 / xp.sqrt(running_var + float(eps)), bshape)
+        xhat = (x - xp.reshape(running_mean, bshape)) * inv_std
+        new_mean, new_var = running_mean, running_var
+    y = g * xhat + xp.reshape(beta, bshape)
+    return y, BatchNormCache(xhat, inv_std, g, train), new_mean, new_var
+
+
+def batch_norm_backward(dout: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
+    """Returns ``(dx, dgamma, dbeta)``.
+
+    Train mode (the batch statistics depend on x), with ``dxhat = dout * gamma``:
+
+        dx = inv_std / M * (M * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))
+
+    Eval mode: ``dx = dout * gamma * inv_std`` (the running statistics are constants).
+    """
+    xp = namespace(dout, cache.xhat)
+    if tuple(dout.shape) != tuple(cache.xhat.shape):
+        raise ValueError(f"dout must have the forward output's shape {tuple(cache.xhat.shape)}, "
+                         f"got {tuple(dout.shape)}")
+    axes, _ = _axes_and_shape(dout)
+    dbeta = xp.sum(dout, axis=axes)
+    dgamma = xp.sum(dout * cache.xhat, axis=axes)
+    dxhat = dout * cache.gamma
+    if not cache.train:
+        return dxhat * cache.inv_std, dgamma, dbeta
+    count = 1
+    for a in axes:
+        count *= dout.shape[a]
+    sum_dxhat = xp.sum(dxhat, axis=axes, keepdims=True)
+    sum_dxhat_xhat = xp.sum(dxhat * cache.xhat, axis=axes, keepdims=True)
+    dx = (cache.inv_std / float(count)) * (float(count) * dxhat - sum_dxhat - cache.xhat * sum_dxhat_xhat)
+    return dx, dgamma, dbeta

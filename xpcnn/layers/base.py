@@ -1,0 +1,109 @@
+"""The layer protocol shared by every xpcnn layer.
+
+A layer has ``forward(x, train=False) -> y`` and ``backward(dout) -> dx``;
+``params`` and ``grads`` are dicts with the same keys, ``buffers`` holds
+non-trainable state (batch-norm running statistics).  A layer caches only what
+its backward pass needs, and ``backward`` never modifies ``dout``.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from typing import Any
+
+import array_api_compat
+
+from .. import backend as B
+from ..initializers import initialize
+
+__all__ = ["Layer", "LAYER_TYPES", "register"]
+
+#: Layer classes by name, used to rebuild a model from a checkpoint's JSON config (no code is executed).
+LAYER_TYPES: dict[str, type[Layer]] = {}
+
+
+def register(cls: type[Layer]) -> type[Layer]:
+    LAYER_TYPES[cls.__name__] = cls
+    return cls
+
+
+class Layer(abc.ABC):
+    """Base class: parameter bookkeeping, device moves, config and repr."""
+
+    #: Set to False (by :class:`xpcnn.model.Sequential` for its first layer) to skip computing ``dx``.
+    need_input_grad: bool = True
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self.buffers: dict[str, Any] = {}
+
+    # -- protocol -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def forward(self, x: Any, train: bool = False) -> Any:
+        """Compute the output; in train mode also cache what :meth:`backward` needs."""
+
+    @abc.abstractmethod
+    def backward(self, dout: Any) -> Any:
+        """Given ``dL/dy``, store parameter gradients in ``grads`` and return ``dL/dx``."""
+
+    def __call__(self, x: Any, train: bool = False) -> Any:
+        return self.forward(x, train=train)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The output shape for an input shape (batch axis included); shape-preserving by default."""
+        return tuple(input_shape)
+
+    def config(self) -> dict[str, Any]:
+        """The JSON-able constructor arguments that rebuild this layer."""
+        return {}
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _require_forward(self, cache: Any) -> None:
+        if cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward(x, train=True)")
+
+    def _new_param(self, init: str, shape: tuple[int, ...], dtype: str, rng: Any) -> Any:
+        return B.asarray(initialize(init, shape, B.host_rng(rng)), dtype=dtype)
+
+    @staticmethod
+    def _constant(value: float, shape: tuple[int, ...], dtype: str) -> Any:
+        be = B.get_backend()
+        return be.xp.full(shape, value, dtype=B.dtype(dtype, be.xp), device=be.device)
+
+    def _check_input_dtype(self, x: Any) -> None:
+        ref = next(iter(self.params.values()), None)
+        if ref is not None and x.dtype != ref.dtype:
+            raise TypeError(f"{type(self).__name__}: input dtype {x.dtype} does not match the parameters' "
+                            f"dtype {ref.dtype}; cast the input or build the layer with dtype=...")
+
+    def to(self, spec: str | B.Backend) -> Layer:
+        """Move parameters and buffers to another backend/device (in place); returns ``self``."""
+        be = spec if isinstance(spec, B.Backend) else B._resolve(spec)
+        for store in (self.params, self.buffers):
+            for key, value in store.items():
+                store[key] = B.asarray(B.to_numpy(value), backend=be)
+        self.grads = {}
+        return self
+
+    @property
+    def dtype(self) -> Any:
+        ref = next(iter(self.params.values()), None)
+        return None if ref is None else ref.dtype
+
+    def num_params(self) -> int:
+        return sum(int(array_api_compat.size(p)) for p in self.params.values())
+
+    def __repr__(self) -> str:
+        """The constructor call, showing only arguments that differ from their defaults."""
+        defaults = {name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()}
+        shown = []
+        for key, value in self.config().items():
+            value = tuple(value) if isinstance(value, list) else value
+            default = defaults.get(key, inspect.Parameter.empty)
+            if isinstance(default, int) and not isinstance(default, bool):
+                default = (default, default) if isinstance(value, tuple) else default
+            if value != default:
+                shown.append(f"{key}={value!r}" if default is not inspect.Parameter.empty else repr(value))
+        return f"{type(self).__name__}({', '.join(shown)})"

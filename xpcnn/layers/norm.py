@@ -1,0 +1,59 @@
+"""Batch normalisation layers for (N, D) and (N, C, H, W) inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..functional import norm as Fn
+from ..functional._checks import check_rank
+from .base import Layer, register
+
+
+class _BatchNorm(Layer):
+    _ndim = 0
+    _layout = ""
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, dtype: str = "float32") -> None:
+        super().__init__()
+        self.num_features, self.momentum, self.eps, self._dtype = int(num_features), float(momentum), float(eps), str(dtype)
+        shape = (self.num_features,)
+        self.params["gamma"] = self._constant(1.0, shape, dtype)
+        self.params["beta"] = self._constant(0.0, shape, dtype)
+        self.buffers["running_mean"] = self._constant(0.0, shape, dtype)
+        self.buffers["running_var"] = self._constant(1.0, shape, dtype)
+        self._cache: Fn.BatchNormCache | None = None
+
+    def forward(self, x: Any, train: bool = False) -> Any:
+        check_rank(x, self._ndim, f"{type(self).__name__} input", self._layout)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}({self.num_features}) got {x.shape[1]} channels/features "
+                             f"(input shape {tuple(x.shape)})")
+        self._check_input_dtype(x)
+        y, cache, mean, var = Fn.batch_norm_forward(
+            x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
+            self.buffers["running_var"], train, self.momentum, self.eps)
+        self.buffers["running_mean"], self.buffers["running_var"] = mean, var
+        self._cache = cache if train else None
+        return y
+
+    def backward(self, dout: Any) -> Any:
+        self._require_forward(self._cache)
+        dx, self.grads["gamma"], self.grads["beta"] = Fn.batch_norm_backward(dout, self._cache)
+        return dx
+
+    def config(self) -> dict[str, Any]:
+        return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps, "dtype": self._dtype}
+
+
+@register
+class BatchNorm1D(_BatchNorm):
+    """Batch norm over features: x: (N, D); gamma, beta, running statistics: (D,)."""
+
+    _ndim, _layout = 2, "(N, D)"
+
+
+@register
+class BatchNorm2D(_BatchNorm):
+    """Batch norm over channels: x: (N, C, H, W); statistics over (N, H, W) per channel: (C,)."""
+
+    _ndim, _layout = 4, "(N, C, H, W)"
