@@ -1,0 +1,259 @@
+"""The training loop: ``fit`` / ``evaluate``, a history, callbacks (checkpoint, early stopping).
+
+    from xpcnn import models, optim, train
+    from xpcnn.datasets import load_mnist, to_float
+    x_train, y_train, x_test, y_test = load_mnist()
+    model = models.lenet5(rng=0)
+    history = train.fit(model, optim.Adam(model.parameters()), (to_float(x_train), y_train),
+                        val=(to_float(x_test), y_test), epochs=5, batch_size=128, seed=0)
+
+Randomness comes from host generators: ``seed`` fixes the shuffling order and
+reseeds the global generator (dropout masks), so a run is reproducible and a
+resumed run (``fit(..., resume=path)``) continues exactly where the checkpoint
+left off.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import array_api_compat
+import numpy as np
+
+from . import backend as B
+from . import checkpoint as ckpt
+from .datasets.loader import BatchIterator
+from .datasets.mnist import train_val_split
+from .losses import SoftmaxCrossEntropy
+from .model import Sequential
+
+__all__ = ["Callback", "EarlyStopping", "History", "ModelCheckpoint", "TrainingDivergedError", "evaluate", "fit"]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+@dataclass
+class History:
+    """Per-epoch records: ``epoch``, ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``, ``lr``, ``time_s``."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    def __getitem__(self, key: str) -> list[float]:
+        return [e[key] for e in self.epochs if key in e]
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+
+class Callback(Protocol):
+    """Called after every epoch; returning True stops training."""
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> bool | None: ...
+
+
+class ModelCheckpoint:
+    """Save a resumable checkpoint after every epoch (and, with ``best_path``, the best by ``monitor``)."""
+
+    def __init__(self, path: str | Path, best_path: str | Path | None = None, monitor: str = "val_loss") -> None:
+        self.path, self.best_path, self.monitor = Path(path), best_path and Path(best_path), monitor
+        self.best = math.inf
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        trainer.save(self.path)
+        value = logs.get(self.monitor)
+        if self.best_path is not None and value is not None and value < self.best:
+            self.best = value
+            trainer.save(self.best_path)
+
+
+class EarlyStopping:
+    """Stop when ``monitor`` (default ``val_loss``) has not improved by ``min_delta`` for ``patience`` epochs.
+
+    With ``restore_best=True`` the model's weights return to the best epoch's at the end.
+    """
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0,
+                 restore_best: bool = True) -> None:
+        self.monitor, self.patience, self.min_delta, self.restore_best = monitor, patience, min_delta, restore_best
+        self.best, self.wait, self.best_state, self.stopped_epoch = math.inf, 0, None, None
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> bool:
+        if self.monitor not in logs:
+            raise KeyError(f"EarlyStopping monitors {self.monitor!r}, but the logs have only {sorted(logs)}; "
+                           "pass validation data (val=... or val_split=...)")
+        value = logs[self.monitor]
+        if value < self.best - self.min_delta:
+            self.best, self.wait = value, 0
+            if self.restore_best:
+                self.best_state = {k: B.to_numpy(v).copy() for k, v in trainer.model.state_dict().items()}
+            return False
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = int(logs["epoch"])
+            if self.restore_best and self.best_state is not None:
+                trainer.model.load_state_dict(self.best_state)
+            return True
+        return False
+
+
+def _as_xy(data: Any) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return np.asarray(B.to_numpy(data[0])), np.asarray(B.to_numpy(data[1]))
+    raise TypeError(f"data must be a pair (x, y) of arrays, got {type(data).__name__}")
+
+
+def evaluate(model: Sequential, data: tuple[Any, Any], loss: Any = None, batch_size: int = 512,
+             on_device: bool = False) -> dict[str, float]:
+    """Mean loss and accuracy of ``model`` (eval mode) on ``(x, y)``: ``{"loss": ..., "accuracy": ...}``."""
+    loss = loss or SoftmaxCrossEntropy()
+    x, y = _as_xy(data)
+    batches = BatchIterator(x, y, batch_size, shuffle=False, on_device=on_device, x_dtype=_model_dtype(model))
+    total_loss, correct = 0.0, 0
+    for xb, yb in batches:
+        out = model.forward(xb, train=False)
+        xp = array_api_compat.array_namespace(out)
+        total_loss += float(loss.forward(out, yb)) * xb.shape[0]
+        correct += int(xp.sum(xp.astype(xp.argmax(out, axis=1) == yb, xp.int64)))
+    n = x.shape[0]
+    return {"loss": total_loss / n, "accuracy": correct / n}
+
+
+def _model_dtype(model: Sequential) -> str:
+    ref = next((p.value for p in model.parameters()), None)
+    return "float32" if ref is None else str(ref.dtype).rsplit(".", 1)[-1]
+
+
+class Trainer:
+    """The state of one training run; :func:`fit` is the usual entry point."""
+
+    def __init__(self, model: Sequential, optimizer: Any, loss: Any, train: BatchIterator, scheduler: Any = None,
+                 extra: dict[str, Any] | None = None) -> None:
+        self.model, self.optimizer, self.loss, self.train = model, optimizer, loss, train
+        self.scheduler, self.extra = scheduler, extra or {}
+        self.history = History()
+        self.epoch = 0
+
+    def rng_state(self) -> dict[str, Any]:
+        return {"loader": self.train.state_dict(), "global": B.host_rng().bit_generator.state,
+                "layers": {str(i): layer.rng.bit_generator.state for i, layer in enumerate(self.model)
+                           if getattr(layer, "rng", None) is not None}}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self.train.load_state_dict(state["loader"])
+        B.host_rng().bit_generator.state = state["global"]
+        for i, s in state.get("layers", {}).items():
+            self.model[int(i)].rng.bit_generator.state = s
+
+    def save(self, path: str | Path) -> Path:
+        return ckpt.save(path, self.model, self.optimizer, scheduler=self.scheduler, epoch=self.epoch,
+                         rng_state=self.rng_state(), history=self.history.epochs, extra=self.extra)
+
+    def resume(self, path: str | Path) -> None:
+        meta = ckpt.restore(path, self.model, self.optimizer, self.scheduler)
+        self.epoch = int(meta["epoch"])
+        self.history = History(list(meta.get("history", [])))
+        if meta.get("rng_state"):
+            self.set_rng_state(meta["rng_state"])
+
+    def train_epoch(self, progress: bool) -> dict[str, float]:
+        """One pass over the training batches; returns mean loss and accuracy over the epoch."""
+        model, loss_fn, opt = self.model, self.loss, self.optimizer
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = _progress(len(self.train), f"epoch {self.epoch + 1}", progress)
+        for step, (xb, yb) in enumerate(self.train, start=1):
+            out = model.forward(xb, train=True)
+            loss = float(loss_fn.forward(out, yb))
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"loss became {loss} at epoch {self.epoch + 1}, step {step} of {len(self.train)} "
+                    f"(lr {opt.lr:g}); lower the learning rate or check the inputs for NaN/inf")
+            model.backward(loss_fn.backward())
+            opt.step()
+            xp = array_api_compat.array_namespace(out)
+            n = xb.shape[0]
+            total_loss += loss * n
+            correct += int(xp.sum(xp.astype(xp.argmax(out, axis=1) == yb, xp.int64)))
+            seen += n
+            if bar is not None:
+                bar.update(1)
+                if step % 20 == 0 or step == len(self.train):
+                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+        if bar is not None:
+            bar.close()
+        return {"loss": total_loss / seen, "accuracy": correct / seen}
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple[Any, Any] | None = None,
+        val_split: float | None = None, epochs: int = 1, batch_size: int = 128, loss: Any = None,
+        scheduler: Any = None, callbacks: Sequence[Callback] = (), seed: int | None = None,
+        on_device: bool = False, resume: str | Path | None = None, progress: bool = True,
+        log: Callable[[str], None] | None = print, extra: dict[str, Any] | None = None) -> History:
+    """Train ``model`` for ``epochs`` epochs (in total: a resumed run continues up to that count).
+
+    train: ``(x, y)`` host arrays, x: (N, C, H, W) float, y: (N,) integer labels.
+    val / val_split: validation data, or the fraction of ``train`` held out for it (seeded).
+    scheduler: an LR schedule stepped once per epoch.  callbacks: see :class:`Callback`.
+    seed: fixes the shuffling order and reseeds the global host RNG (dropout).
+    on_device: keep the whole data set on the backend's device and slice batches there.
+    resume: a checkpoint written by :class:`ModelCheckpoint` (or ``Trainer.save``) to continue from.
+    Raises :class:`TrainingDivergedError` when the loss becomes NaN or infinite.
+    """
+    loss = loss or SoftmaxCrossEntropy()
+    x, y = _as_xy(train)
+    if seed is not None:
+        B.seed(seed)
+    if val_split is not None:
+        if val is not None:
+            raise ValueError("pass either val or val_split, not both")
+        x, y, xv, yv = train_val_split(x, y, val_split, rng=None if seed is None else seed + 1)
+        val = (xv, yv)
+    loader = BatchIterator(x, y, batch_size, shuffle=True, rng=seed, on_device=on_device,
+                           x_dtype=_model_dtype(model))
+    trainer = Trainer(model, optimizer, loss, loader, scheduler, extra)
+    if resume is not None:
+        trainer.resume(resume)
+        if log:
+            log(f"resumed from {resume} at epoch {trainer.epoch}")
+    while trainer.epoch < epochs:
+        start = time.perf_counter()
+        logs: dict[str, float] = {"epoch": trainer.epoch + 1, "lr": optimizer.lr}
+        logs.update(trainer.train_epoch(progress))
+        if val is not None:
+            v = evaluate(model, val, loss, on_device=on_device)
+            logs.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
+        if scheduler is not None:
+            scheduler.step()
+        trainer.epoch += 1
+        logs["time_s"] = time.perf_counter() - start
+        trainer.history.epochs.append(logs)
+        if log:
+            log(_format_logs(logs, epochs))
+        stop = False
+        for cb in callbacks:
+            stop = bool(cb.on_epoch_end(trainer, logs)) or stop
+        if stop:
+            break
+    return trainer.history
+
+
+def _format_logs(logs: dict[str, float], epochs: int) -> str:
+    parts = [f"epoch {int(logs['epoch'])}/{epochs}", f"loss {logs['loss']:.4f}", f"acc {logs['accuracy']:.4f}"]
+    if "val_loss" in logs:
+        parts += [f"val_loss {logs['val_loss']:.4f}", f"val_acc {logs['val_accuracy']:.4f}"]
+    parts += [f"lr {logs['lr']:.2e}", f"{logs['time_s']:.1f}s"]
+    return "  ".join(parts)
