@@ -184,7 +184,7 @@ def conv2d_backward(dout: Any, col: Any, x_shape: tuple[int, int, int, int], W: 
                                      pair(dilation, "dilation")))
     if tuple(dout.shape) != expected:
         raise ValueError(f"dout must have the forward output's shape {expected}, got {tuple(dout.shape)}")
-    d2 = xp.reshape(dout, (N, F, -1))
+    d2 = xp.reshape(dout, (N, F, expected[2] * expected[3]))  # explicit: -1 is ambiguous for an empty batch
     db = xp.sum(d2, axis=(0, 2))
     dWm = xp.sum(xp.matmul(d2, xp.matrix_transpose(col)), axis=0)  # (F, KH*KW*C)
     dW = xp.permute_dims(xp.reshape(dWm, (F, KH, KW, C)), (0, 3, 1, 2))
