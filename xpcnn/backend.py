@@ -91,6 +91,8 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     device = device.strip() or None
     if name in ("numpy", "array_api_strict") and device not in (None, "cpu"):
         raise BackendError(f"backend {name!r} only has a CPU device, got device {device!r}")
+    if name == "cupy" and device is not None and not (device.isdigit() or device == "cuda"):
+        raise BackendError(f"backend 'cupy' takes an integer device index like 'cupy:1', got device {device!r}")
     return name, device
 
 
@@ -222,7 +224,7 @@ def asarray(host: Any, dtype: Any = None, backend: str | Backend | None = None) 
 
         with be.device:
             return cupy.asarray(host)
-    return be.xp.asarray(host, device=be.device)
+    return be.xp.asarray(host, device=be.device, copy=True)  # never alias the caller's host array
 
 
 def _numpy_name(dtype: Any) -> str:
@@ -240,8 +242,9 @@ def to_device_like(host: Any, like: Any) -> Any:
     if array_api_compat.is_torch_array(like):
         import torch
 
-        return torch.from_numpy(np.ascontiguousarray(host)).to(device=like.device, dtype=like.dtype)
-    return xp.asarray(np.asarray(host), dtype=like.dtype, device=array_api_compat.device(like))
+        return torch.from_numpy(np.ascontiguousarray(host)).to(device=like.device, dtype=like.dtype, copy=True)
+    # copy=True: the result must not alias ``host`` (e.g. another model's weights seen through to_numpy)
+    return xp.asarray(np.asarray(host), dtype=like.dtype, device=array_api_compat.device(like), copy=True)
 
 
 def to_numpy(x: Any) -> np.ndarray:

@@ -98,6 +98,10 @@ def gradcheck(target: Any, inputs: Any | Sequence[Any], *, dout: Any = None, tra
                 raise TypeError(f"gradcheck needs float64 parameters; {type(target).__name__}.params[{key!r}] "
                                 f"is {p.dtype} (build the layer with dtype='float64')")
 
+    # forward(train=True) moves state such as batch-norm running statistics: restore it afterwards
+    saved_buffers = {key: B.to_device_like(B.to_numpy(value), value)
+                     for key, value in (getattr(target, "buffers", None) or {}).items()} if is_layer else {}
+
     def run() -> tuple[Any, Any]:
         if is_layer:
             return target.forward(arrays[0], train=train), target.backward
@@ -152,6 +156,8 @@ def gradcheck(target: Any, inputs: Any | Sequence[Any], *, dout: Any = None, tra
                 f"gradient of {name} is wrong at index {result.worst_index[name]}: analytic {got[worst]:.10g}, "
                 f"numerical {numeric[worst]:.10g} (|diff| {err[worst]:.3g} > atol {atol:g} + rtol {rtol:g} * "
                 f"|numerical|)")
+    if saved_buffers:
+        target.buffers.update(saved_buffers)
     if result.failures and raise_on_failure:
         raise GradcheckError("; ".join(result.failures))
     return result

@@ -55,15 +55,22 @@ class Sequential:
     __call__ = forward
 
     def backward(self, dout: Any) -> Any:
-        """Backpropagate ``dL/d(output)``; fills every layer's ``grads``. Returns None (no dx for the data)."""
+        """Backpropagate ``dL/d(output)``; fills every layer's ``grads``.
+
+        Returns ``dL/dx`` for the input, or None when the first layer skips it (Conv2D/Dense do).
+        """
         for layer in reversed(self.layers):
             dout = layer.backward(dout)
         return dout
 
     def predict(self, x: Any, batch_size: int = 512) -> Any:
-        """Eval-mode outputs for ``x`` in batches of ``batch_size``; a host array goes to the model's backend."""
+        """Eval-mode outputs for ``x`` in batches of ``batch_size``.
+
+        ``x`` from another backend (a host NumPy array, say) or of another dtype is copied to
+        the model's backend, device and dtype first.
+        """
         ref = next((p.value for p in self.parameters()), None)
-        if ref is not None and not _same_backend(x, ref):
+        if ref is not None and (x.dtype != ref.dtype or not _same_backend(x, ref)):
             x = B.to_device_like(B.to_numpy(x), ref)
         xp = array_api_compat.array_namespace(x)
         n = x.shape[0]
@@ -130,7 +137,10 @@ class Sequential:
             except (KeyError, TypeError):
                 raise ValueError(f"bad layer config at index {i}: {entry!r}; expected "
                                  f"{{'type': one of {sorted(LAYER_TYPES)}, 'args': {{...}}}}") from None
-            layers.append(layer_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}))
+            try:
+                layers.append(layer_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}))
+            except TypeError as exc:
+                raise ValueError(f"bad arguments for {entry['type']} at index {i}: {exc}") from None
         return cls(*layers)
 
     def output_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:

@@ -26,7 +26,9 @@ __all__ = [
 def one_hot(labels: Any, num_classes: int, dtype: Any) -> Any:
     """``labels: (N,)`` integers -> ``(N, num_classes)`` of 0/1 in ``dtype`` (a comparison, no scatter)."""
     xp = namespace(labels)
-    classes = xp.arange(num_classes, dtype=labels.dtype, device=array_api_compat.device(labels))
+    # compare in int64: an arange in a narrow label dtype (uint8 from IDX files) wraps for num_classes > 256
+    classes = xp.arange(num_classes, dtype=xp.int64, device=array_api_compat.device(labels))
+    labels = xp.astype(labels, xp.int64, copy=False)
     return xp.astype(xp.reshape(labels, (-1, 1)) == xp.reshape(classes, (1, -1)), dtype)
 
 
