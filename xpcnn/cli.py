@@ -23,10 +23,14 @@ from . import __version__
 from . import backend as B
 
 DEFAULTS = {  # per-model training recipes used when the flag is not given
-    "lenet5": {"optimizer": "adam", "lr": 1e-3, "epochs": 10, "batch_size": 128, "schedule": "cosine"},
-    "simple": {"optimizer": "adam", "lr": 1e-3, "epochs": 20, "batch_size": 100, "schedule": "none"},
-    "wide": {"optimizer": "adam", "lr": 1e-3, "epochs": 10, "batch_size": 128, "schedule": "cosine"},
-    "bn": {"optimizer": "adam", "lr": 2e-3, "epochs": 15, "batch_size": 128, "schedule": "cosine"},
+    "lenet5": {"optimizer": "adam", "lr": 1e-3, "epochs": 10, "batch_size": 128, "schedule": "cosine",
+               "augment": "shift2"},
+    "simple": {"optimizer": "adam", "lr": 1e-3, "epochs": 20, "batch_size": 100, "schedule": "none",
+               "augment": "none"},
+    "wide": {"optimizer": "adam", "lr": 1e-3, "epochs": 10, "batch_size": 128, "schedule": "cosine",
+             "augment": "shift2"},
+    "bn": {"optimizer": "adam", "lr": 2e-3, "epochs": 15, "batch_size": 128, "schedule": "cosine",
+           "augment": "shift2,flip"},
 }
 
 
@@ -45,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--schedule", choices=["none", "cosine", "step"])
+    t.add_argument("--augment", help="host-side augmentation: none, shift[N] (random N-pixel shifts), flip, "
+                   "or a comma list such as shift2,flip")
     t.add_argument("--val-split", type=float, default=None, help="hold out this fraction of train for validation")
     t.add_argument("--limit", type=int, default=None, help="use only the first N training images (quick runs)")
     t.add_argument("--seed", type=int, default=0)
@@ -71,7 +77,7 @@ def _load_data(name: str, data_dir: str | None):
 
 
 def _standardize(x_uint8: np.ndarray, stats: dict[str, float]) -> np.ndarray:
-    from .datasets import standardize, to_float
+    from .datasets import augment, standardize, to_float
 
     return standardize(to_float(x_uint8), stats["mean"], stats["std"])[0]
 
@@ -122,7 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     history = train.fit(model, opt, (x_train_f, y_train), val=val, val_split=args.val_split,
                         epochs=recipe["epochs"], batch_size=recipe["batch_size"], scheduler=scheduler,
                         callbacks=[train.ModelCheckpoint(out / "checkpoint.npz")], seed=args.seed,
-                        on_device=args.on_device, resume=args.resume, progress=not args.no_progress, extra=extra)
+                        on_device=args.on_device, transform=augment.build(recipe["augment"], fill=-mean / std),
+                        resume=args.resume, progress=not args.no_progress, extra=extra)
 
     test = train.evaluate(model, (x_test_f, ds.y_test), on_device=args.on_device)
     preds = _predict_labels(model, x_test_f)

@@ -70,7 +70,7 @@ class Sequential:
         the model's backend, device and dtype first.
         """
         ref = next((p.value for p in self.parameters()), None)
-        if ref is not None and (x.dtype != ref.dtype or not _same_backend(x, ref)):
+        if ref is not None and (not _same_backend(x, ref) or x.dtype != ref.dtype):
             x = B.to_device_like(B.to_numpy(x), ref)
         xp = array_api_compat.array_namespace(x)
         n = x.shape[0]

@@ -8,6 +8,7 @@ to the current backend.
 >>> batches = BatchIterator(to_float(ds.x_train), ds.y_train, 128, rng=0)  # doctest: +SKIP
 """
 
+from . import augment
 from .idx import DatasetError, encode_idx, read_idx, sha256_decompressed, write_idx
 from .loader import BatchIterator
 from .mnist import (
@@ -29,6 +30,7 @@ from .mnist import (
 )
 
 __all__ = [
+    "augment",
     "BatchIterator",
     "DATA_ENV_VAR",
     "Dataset",

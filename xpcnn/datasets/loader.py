@@ -44,6 +44,9 @@ class BatchIterator:
         x_dtype: dtype of ``xb`` (``None`` keeps ``x``'s dtype).
         y_dtype: dtype of ``yb`` (default int64, the class-index dtype).
         backend: backend to deliver to (default: the current one at construction).
+        transform: a host-side augmentation ``transform(xb, rng) -> xb`` applied to
+            each batch (after the dtype conversion) with this iterator's ``rng``;
+            see :mod:`xpcnn.datasets.augment`.  Not available with ``on_device``.
 
     Yields:
         ``xb: (B, ...)`` of ``x_dtype`` and ``yb: (B, ...)`` of ``y_dtype``, on the backend.
@@ -65,6 +68,7 @@ class BatchIterator:
         x_dtype: Any = "float32",
         y_dtype: Any = "int64",
         backend: str | B.Backend | None = None,
+        transform: Any = None,
     ) -> None:
         x, y = np.asarray(B.to_numpy(x)), np.asarray(B.to_numpy(y))
         if x.ndim == 0 or y.ndim == 0:
@@ -83,6 +87,10 @@ class BatchIterator:
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.on_device = bool(on_device)
+        if transform is not None and self.on_device:
+            raise ValueError("host-side transforms cannot run with on_device=True; augment on the host or drop "
+                             "on_device")
+        self.transform = transform
         self.rng = B.host_rng(rng)
         #: Number of epochs started (calls to ``iter()``).
         self.epoch = 0
@@ -120,6 +128,8 @@ class BatchIterator:
         for start, stop in self._bounds():
             idx = order[start:stop]
             xb = self.x[idx].astype(self._x_np_dtype, copy=False)
+            if self.transform is not None:
+                xb = self.transform(xb, self.rng)
             yb = self.y[idx].astype(self._y_np_dtype, copy=False)
             yield B.asarray(xb, backend=self.backend), B.asarray(yb, backend=self.backend)
 
