@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, checkpoint, models, optim, train
 from . import backend as B
+from .datasets import augment, load_fashion_mnist, load_mnist, standardize, to_float
 
 DEFAULTS = {  # per-model training recipes used when the flag is not given
     "lenet5": {"optimizer": "adam", "lr": 1e-3, "epochs": 10, "batch_size": 128, "schedule": "cosine",
@@ -71,29 +72,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load_data(name: str, data_dir: str | None):
-    from .datasets import load_fashion_mnist, load_mnist
-
     return (load_mnist if name == "mnist" else load_fashion_mnist)(data_dir)
 
 
 def _standardize(x_uint8: np.ndarray, stats: dict[str, float]) -> np.ndarray:
-    from .datasets import augment, standardize, to_float
-
     return standardize(to_float(x_uint8), stats["mean"], stats["std"])[0]
 
 
 def _make_optimizer(name: str, params: list, lr: float, weight_decay: float):
-    from . import optim
-
     classes = {"sgd": optim.SGD, "momentum": optim.Momentum, "nesterov": optim.Nesterov, "adagrad": optim.AdaGrad,
                "rmsprop": optim.RMSProp, "adam": optim.Adam, "adamw": optim.AdamW}
     return classes[name](params, lr=lr, weight_decay=weight_decay)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from . import models, optim, train
-    from .datasets import standardize, to_float
-
     if args.backend:
         B.set_backend(args.backend)
     recipe = {k: v for k, v in DEFAULTS[args.model].items()}
@@ -189,8 +181,6 @@ def _plots(out: Path, epochs: list[dict[str, float]], y_true: np.ndarray, y_pred
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from . import checkpoint, train
-
     if args.backend:
         B.set_backend(args.backend)
     model, meta = checkpoint.load_model(args.checkpoint)
