@@ -15,9 +15,10 @@ class Conv2D(Layer):
 
     Parameters: ``W: (F, C, KH, KW)`` (He-normal by default), ``b: (F,)`` (zeros).
 
-    >>> import numpy as np, xpcnn
+    >>> import xpcnn
     >>> conv = xpcnn.layers.Conv2D(1, 4, kernel_size=3, padding=1, rng=0)
-    >>> conv(xpcnn.backend.asarray(np.zeros((2, 1, 8, 8)), dtype="float32")).shape
+    >>> xp = xpcnn.get_backend().xp
+    >>> tuple(conv(xp.zeros((2, 1, 8, 8), dtype=xp.float32)).shape)
     (2, 4, 8, 8)
     """
 
