@@ -82,7 +82,17 @@ def max_pool2d_forward(x: Any, kernel_size: int | Pair, stride: int | Pair | Non
     xp = _check_input(x)
     k, s, p, out = pool_geometry(x.shape, kernel_size, stride, padding)
     windows = _windows(x, k, s, p, out, -float("inf"))
-    return xp.max(windows, axis=0), xp.argmax(windows, axis=0)
+    y = xp.max(windows, axis=0)
+    # First-maximum index without argmax (slow over a leading axis on NumPy): the index of
+    # the first maximum equals the number of taps t >= 1 whose running max of taps 0..t-1
+    # is still below the window max.
+    index_dtype = xp.int8 if windows.shape[0] <= 127 else xp.int32
+    argmax = xp.zeros(y.shape, dtype=index_dtype, device=array_api_compat.device(x))
+    running = windows[0, ...]
+    for t in range(1, windows.shape[0]):
+        argmax += xp.astype(running < y, index_dtype)
+        running = xp.maximum(running, windows[t, ...])
+    return y, argmax
 
 
 def max_pool2d(x: Any, kernel_size: int | Pair, stride: int | Pair | None = None, padding: int | Pair = 0) -> Any:
