@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, checkpoint, models, optim, train
+from . import __version__, checkpoint, models, optim, perf, train
 from . import backend as B
 from .datasets import augment, load_fashion_mnist, load_mnist, standardize, to_float
 
@@ -86,6 +86,7 @@ def _make_optimizer(name: str, params: list, lr: float, weight_decay: float):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    perf.tune_malloc()  # this process only: keep NumPy's large temporaries in the heap (see xpcnn.perf)
     if args.backend:
         B.set_backend(args.backend)
     recipe = {k: v for k, v in DEFAULTS[args.model].items()}
