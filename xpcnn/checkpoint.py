@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +84,15 @@ def load(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.nda
     try:
         with np.load(path, allow_pickle=False) as npz:
             contents = {name: npz[name] for name in npz.files}
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # BadZipFile, EOFError, ValueError, but also NotImplementedError, TokenError, ...
         raise CheckpointError(f"{path} is not a readable xpcnn checkpoint (truncated or corrupt?): {exc}") from exc
     if _META not in contents:
         raise CheckpointError(f"{path} has no {_META} entry: not an xpcnn checkpoint")
+    raw_meta = contents.pop(_META)
+    if not isinstance(raw_meta, np.ndarray) or raw_meta.dtype != np.uint8:
+        raise CheckpointError(f"{path}: {_META} is not a uint8 array (a plain zip member?): not an xpcnn checkpoint")
     try:
-        meta = json.loads(contents.pop(_META).tobytes().decode("utf-8"))
+        meta = json.loads(raw_meta.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: metadata is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -98,6 +100,9 @@ def load(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.nda
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {meta.get('version')} is not supported "
                               f"(this xpcnn reads version {VERSION})")
+    missing = [key for key in ("epoch", "model_config") if key not in meta]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint metadata lacks {missing}")
     model_arrays = {k[len("model/"):]: v for k, v in contents.items() if k.startswith("model/")}
     optim_arrays = {k[len("optim/"):]: v for k, v in contents.items() if k.startswith("optim/")}
     return meta, model_arrays, optim_arrays

@@ -24,8 +24,8 @@ from . import backend as B
 from .datasets import augment, load_fashion_mnist, load_mnist, standardize, to_float
 
 DEFAULTS = {  # per-model training recipes used when the flag is not given
-    "lenet5": {"optimizer": "adam", "lr": 1e-3, "epochs": 10, "batch_size": 128, "schedule": "cosine",
-               "augment": "shift2"},
+    "lenet5": {"optimizer": "adam", "lr": 2e-3, "epochs": 10, "batch_size": 64, "schedule": "cosine",
+               "augment": "shift1"},
     "simple": {"optimizer": "adam", "lr": 1e-3, "epochs": 20, "batch_size": 100, "schedule": "none",
                "augment": "none"},
     "wide": {"optimizer": "adam", "lr": 1e-3, "epochs": 10, "batch_size": 128, "schedule": "cosine",

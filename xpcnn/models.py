@@ -22,6 +22,7 @@ def lenet5(num_classes: int = 10, dtype: str = "float32", rng: Any = None) -> Se
 
     conv 6@5x5 pad 2 -> ReLU -> pool 2 -> conv 16@5x5 -> ReLU -> pool 2 ->
     dense 400->120 -> ReLU -> dense 120->84 -> ReLU -> dense 84->classes.
+    He initialisation, but Glorot for the output layer (no ReLU follows it).
     """
     r = B.host_rng(rng)
     return Sequential(
@@ -30,7 +31,7 @@ def lenet5(num_classes: int = 10, dtype: str = "float32", rng: Any = None) -> Se
         Flatten(),
         Dense(16 * 5 * 5, 120, dtype=dtype, rng=r), ReLU(),
         Dense(120, 84, dtype=dtype, rng=r), ReLU(),
-        Dense(84, num_classes, dtype=dtype, rng=r),
+        Dense(84, num_classes, init="xavier", dtype=dtype, rng=r),
     )
 
 
