@@ -31,7 +31,7 @@ DEFAULTS = {  # per-model training recipes used when the flag is not given
     "wide": {"optimizer": "adam", "lr": 1e-3, "epochs": 10, "batch_size": 128, "schedule": "cosine",
              "augment": "shift2"},
     "bn": {"optimizer": "adam", "lr": 2e-3, "epochs": 15, "batch_size": 128, "schedule": "cosine",
-           "augment": "shift2,flip"},
+           "augment": "shift1,flip"},
 }
 
 
