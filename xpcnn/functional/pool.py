@@ -62,8 +62,18 @@ def _check_dout(dout: Any, x_shape: tuple[int, ...], out: Pair) -> None:
 
 def _scatter_taps(xp: Any, tap_grads: Any, x_shape: tuple[int, ...], k: Pair, s: Pair, p: Pair, out: Pair,
                   dtype: Any, device: Any) -> Any:
-    """Add ``tap_grads(t)`` into the padded input positions each tap ``t`` read, then crop."""
+    """Add ``tap_grads(t)`` into the padded input positions each tap ``t`` read, then crop.
+
+    When the windows tile the input exactly (stride = kernel, no padding, no remainder) every
+    input position is written by exactly one tap, so the taps are assigned, not accumulated.
+    """
     N, C, H, W = x_shape
+    tiles = s == k and p == (0, 0) and H == out[0] * k[0] and W == out[1] * k[1]
+    if tiles:
+        buf = xp.empty((N, C, H, W), dtype=dtype, device=device)
+        for t, (hs, ws) in enumerate(tap_slices(k, out, s, (1, 1))):
+            buf[:, :, hs, ws] = tap_grads(t)
+        return buf
     buf = xp.zeros((N, C, H + 2 * p[0], W + 2 * p[1]), dtype=dtype, device=device)
     for t, (hs, ws) in enumerate(tap_slices(k, out, s, (1, 1))):
         buf[:, :, hs, ws] += tap_grads(t)
