@@ -17,7 +17,8 @@ import pytest
 from xpcnn import backend as B
 
 
-def _cuda_present() -> bool:
+def cuda_present() -> bool:
+    """CuPy is installed and sees a CUDA device (what the ``cupy`` lane needs)."""
     if importlib.util.find_spec("cupy") is None:
         return False
     try:
@@ -36,7 +37,7 @@ LANES = [
     _lane("numpy", True),
     _lane("array_api_strict", importlib.util.find_spec("array_api_strict") is not None),
     _lane("torch", importlib.util.find_spec("torch") is not None),
-    _lane("cupy", _cuda_present(), pytest.mark.gpu),
+    _lane("cupy", cuda_present(), pytest.mark.gpu),
 ]
 
 

@@ -11,6 +11,8 @@ import pytest
 from xpcnn import backend as B
 from xpcnn import functional as F
 
+from conftest import cuda_present
+
 
 @pytest.fixture
 def clean_switch(monkeypatch):
@@ -21,16 +23,6 @@ def clean_switch(monkeypatch):
     yield monkeypatch
     B._explicit.reset(token)
     B._env_spec.cache_clear()  # the next reader sees the real environment (monkeypatch restores it later)
-
-
-def _cuda_usable() -> bool:
-    if importlib.util.find_spec("cupy") is None:
-        return False
-    try:
-        B._resolve("cupy")
-    except B.BackendError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -177,7 +169,7 @@ def test_environ_never_mutated(clean_switch, rng):
 
 # ------------------------------------------------------------------------------- fail loud on cupy
 
-@pytest.mark.skipif(_cuda_usable(), reason="CuPy and a CUDA device are present: the no-GPU error cannot occur")
+@pytest.mark.skipif(cuda_present(), reason="CuPy and a CUDA device are present: the no-GPU error cannot occur")
 def test_cupy_without_gpu_raises_with_install_hint(clean_switch):
     for spec in ("cupy", "cupy:0", "cupy:1"):
         with pytest.raises(B.BackendError) as info:
@@ -238,7 +230,7 @@ def test_available_backends_lists_what_loads():
     assert names[0] == "numpy"
     assert ("array_api_strict" in names) == (importlib.util.find_spec("array_api_strict") is not None)
     assert ("torch" in names) == (importlib.util.find_spec("torch") is not None)
-    assert ("cupy" in names) == _cuda_usable()
+    assert ("cupy" in names) == cuda_present()
 
 
 # ----------------------------------------------------------------------------------------- transfers
