@@ -577,6 +577,22 @@ def test_schedule_state_round_trip(sched):
         assert other.step() == ours.step()
 
 
+def test_schedule_keep_config_restores_progress_only():
+    opt = _sgd(0.1)
+    short = optim.CosineLR(opt, t_max=4)
+    for _ in range(2):
+        short.step()
+    opt2 = _sgd(0.1)
+    longer = optim.CosineLR(opt2, t_max=8)
+    longer.load_state_dict(short.state_dict(), keep_config=True)
+    assert longer.t_max == 8 and longer.last_epoch == 2
+    expected = 0.1 * (1.0 + math.cos(math.pi * 2 / 8)) / 2.0  # the 8-epoch cosine at epoch 2
+    assert opt2.lr == pytest.approx(expected, rel=1e-15) and opt2.lr != pytest.approx(opt.lr)
+    replay = optim.CosineLR(_sgd(0.1), t_max=8)
+    replay.load_state_dict(short.state_dict())
+    assert replay.t_max == 4
+
+
 def test_schedule_state_validation():
     opt = _sgd()
     step = optim.StepLR(opt, step_size=3)

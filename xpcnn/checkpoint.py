@@ -112,6 +112,9 @@ def restore(path: str | os.PathLike[str], model: Sequential, optimizer: Any = No
             scheduler: Any = None) -> dict[str, Any]:
     """Load a checkpoint into existing objects (on their backend); returns the metadata.
 
+    The scheduler keeps its own settings and takes only its progress from the checkpoint
+    (so a run resumed with more epochs stretches a cosine schedule to the new length).
+
     Raises :class:`CheckpointError` when the architecture or the optimizer type differs.
     """
     meta, model_arrays, optim_arrays = load(path)
@@ -125,7 +128,7 @@ def restore(path: str | os.PathLike[str], model: Sequential, optimizer: Any = No
                 raise CheckpointError(f"{path} holds no optimizer state")
             optimizer.load_state_dict({**meta["optimizer"], "slots": optim_arrays})
         if scheduler is not None and meta.get("scheduler") is not None:
-            scheduler.load_state_dict(meta["scheduler"])
+            scheduler.load_state_dict(meta["scheduler"], keep_config=True)
     except (ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, CheckpointError):
             raise

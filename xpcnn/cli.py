@@ -27,7 +27,7 @@ DEFAULTS = {  # per-model training recipes used when the flag is not given
     "lenet5": {"optimizer": "adam", "lr": 2e-3, "epochs": 10, "batch_size": 64, "schedule": "cosine",
                "augment": "shift1"},
     "simple": {"optimizer": "adam", "lr": 1e-3, "epochs": 20, "batch_size": 100, "schedule": "none",
-               "augment": "none"},
+               "augment": "none", "normalize": "unit"},
     "wide": {"optimizer": "adam", "lr": 1e-3, "epochs": 10, "batch_size": 128, "schedule": "cosine",
              "augment": "shift2"},
     "bn": {"optimizer": "adam", "lr": 2e-3, "epochs": 15, "batch_size": 128, "schedule": "cosine",
@@ -93,6 +93,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     for key in recipe:
         if getattr(args, key, None) is not None:
             recipe[key] = getattr(args, key)
+    if args.on_device and args.augment is None and recipe["augment"] != "none":
+        # the recipe's augmentation runs on the host, which on_device rules out; an explicit --augment still errors
+        print(f"--on-device: the host-side augmentation {recipe['augment']!r} of the {args.model} recipe is off")
+        recipe["augment"] = "none"
     be = B.get_backend()
     out = Path(args.out or f"runs/{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +106,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     x_train, y_train = ds.x_train, ds.y_train
     if args.limit:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    x_train_f, mean, std = standardize(to_float(x_train))
+    if recipe.get("normalize", "standardize") == "unit":  # pixels / 255 in [0, 1], as in the book
+        x_train_f, mean, std = to_float(x_train), 0.0, 1.0
+    else:
+        x_train_f, mean, std = standardize(to_float(x_train))
     stats = {"mean": mean, "std": std}
     x_test_f = _standardize(ds.x_test, stats)
 

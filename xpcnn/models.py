@@ -35,17 +35,19 @@ def lenet5(num_classes: int = 10, dtype: str = "float32", rng: Any = None) -> Se
     )
 
 
-def simple_convnet(num_classes: int = 10, dtype: str = "float32", rng: Any = None) -> Sequential:
+def simple_convnet(num_classes: int = 10, dtype: str = "float32", rng: Any = None,
+                   init: str = "normal") -> Sequential:
     """The "Deep Learning from Scratch" ch. 7 network, for (N, 1, 28, 28) input.
 
     conv 30@5x5 -> ReLU -> pool 2 -> dense 4320->100 -> ReLU -> dense 100->classes.
+    Weights start as N(0, 0.01^2) like the book's ``weight_init_std=0.01`` (``init="he"`` also works).
     """
     r = B.host_rng(rng)
     return Sequential(
-        Conv2D(1, 30, 5, dtype=dtype, rng=r), ReLU(), MaxPool2D(2),
+        Conv2D(1, 30, 5, init=init, dtype=dtype, rng=r), ReLU(), MaxPool2D(2),
         Flatten(),
-        Dense(30 * 12 * 12, 100, dtype=dtype, rng=r), ReLU(),
-        Dense(100, num_classes, dtype=dtype, rng=r),
+        Dense(30 * 12 * 12, 100, init=init, dtype=dtype, rng=r), ReLU(),
+        Dense(100, num_classes, init=init, dtype=dtype, rng=r),
     )
 
 

@@ -600,8 +600,13 @@ class LRScheduler:
         return {"type": type(self).__name__, "base_lr": self.base_lr, "last_epoch": self.last_epoch,
                 **self._config()}
 
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict` and set ``optimizer.lr`` for the restored epoch."""
+    def load_state_dict(self, state_dict: Mapping[str, Any], keep_config: bool = False) -> None:
+        """Restore a :meth:`state_dict` and set ``optimizer.lr`` for the restored epoch.
+
+        With ``keep_config=True`` only the progress (``base_lr``, ``last_epoch``) is restored and
+        this schedule keeps its own settings (``t_max``, ``step_size``, ...): a resumed run that
+        asks for more epochs stretches its schedule instead of replaying the old one.
+        """
         kind = type(self).__name__
         if not isinstance(state_dict, Mapping):
             raise ValueError(f"{kind}.load_state_dict expects a dict, got {type(state_dict).__name__}")
@@ -614,7 +619,7 @@ class LRScheduler:
         last_epoch = _int("last_epoch", state_dict["last_epoch"], minimum=0)
         saved = self._config()
         try:
-            self._set_config(state_dict)
+            self._set_config(saved if keep_config else state_dict)
         except ValueError:
             self._set_config(saved)
             raise

@@ -68,6 +68,9 @@ class ModelCheckpoint:
     def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         trainer.save(self.path)
         value = logs.get(self.monitor)
+        # after a resume, the epochs before it (restored history) still count: never overwrite a better best
+        earlier = [e[self.monitor] for e in trainer.history.epochs if e is not logs and self.monitor in e]
+        self.best = min([self.best, *earlier])
         if self.best_path is not None and value is not None and value < self.best:
             self.best = value
             trainer.save(self.best_path)

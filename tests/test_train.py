@@ -1,0 +1,506 @@
+"""Tests for :mod:`xpcnn.train`: ``fit`` / ``evaluate``, history, callbacks, resume, divergence.
+
+Real data: the bundled MNIST, loaded once per module, in small subsets.  The
+oracles are independent computations written here (a NumPy cross-entropy and
+accuracy), the run itself (same seed => same run; resumed run == uninterrupted
+run) and the NumPy lane (other lanes must reproduce its loss history).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from xpcnn import backend as B
+from xpcnn import models, optim, train
+from xpcnn.datasets import BatchIterator, load_mnist, standardize, to_float
+from xpcnn.datasets.augment import RandomShift
+from xpcnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
+from xpcnn.losses import SoftmaxCrossEntropy
+from xpcnn.model import Sequential
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow warnings of the divergence tests
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    """Standardised float32 subsets of the bundled MNIST: 3000 train, 1000 test (stats from the train part)."""
+    ds = load_mnist(progress=False)
+    x_train, mean, std = standardize(to_float(ds.x_train[:3000]))
+    x_test, _, _ = standardize(to_float(ds.x_test[:1000]), mean, std)
+    return x_train, ds.y_train[:3000].astype(np.int64), x_test, ds.y_test[:1000].astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def small(mnist):
+    """256 training and 128 validation images: enough for the tiny model's exact-equality tests."""
+    x_train, y_train, x_test, y_test = mnist
+    return x_train[:256], y_train[:256], x_test[:128], y_test[:128]
+
+
+def tiny(seed: int = 0, dropout: bool = True) -> Sequential:
+    """A small CNN; one Dropout on the global host RNG and one with its own generator."""
+    layers = [Conv2D(1, 4, 3, rng=seed), ReLU(), MaxPool2D(2), Flatten()]
+    if dropout:
+        layers.append(Dropout(0.2))
+    layers += [Dense(4 * 13 * 13, 16, rng=seed + 1), ReLU()]
+    if dropout:
+        layers.append(Dropout(0.1, rng=seed + 2))
+    layers.append(Dense(16, 10, rng=seed + 3))
+    return Sequential(*layers)
+
+
+def weights(model) -> dict[str, np.ndarray]:
+    return {k: B.to_numpy(v).copy() for k, v in model.state_dict().items()}
+
+
+def assert_weights_equal(a, b) -> None:
+    assert sorted(a) == sorted(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def records(history) -> list[dict[str, float]]:
+    """History entries without the wall-clock time (the only field allowed to differ between runs)."""
+    return [{k: v for k, v in e.items() if k != "time_s"} for e in history.epochs]
+
+
+class RecordingLoss(SoftmaxCrossEntropy):
+    """Cross-entropy that remembers every batch loss and batch size it computed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[float] = []
+        self.sizes: list[int] = []
+
+    def forward(self, logits, labels):
+        loss = super().forward(logits, labels)
+        self.values.append(float(loss))
+        self.sizes.append(int(labels.shape[0]))
+        return loss
+
+
+def _quiet(**kwargs):
+    return {"progress": False, "log": None, **kwargs}
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_lenet5_learns_mnist(mnist):
+    x_train, y_train, x_test, y_test = mnist
+    x_train, y_train = x_train[:2000], y_train[:2000]
+    model = models.lenet5(rng=0)
+    before = train.evaluate(model, (x_test, y_test))
+    loss = RecordingLoss()
+    history = train.fit(model, optim.Adam(model.parameters(), lr=1e-3), (x_train, y_train),
+                        epochs=1, batch_size=64, loss=loss, seed=0, **_quiet())
+    after = train.evaluate(model, (x_test, y_test))
+
+    assert len(history) == 1 and history["epoch"] == [1]
+    assert len(loss.values) == math.ceil(2000 / 64) and sum(loss.sizes) == 2000
+    # the epoch's loss is the sample-weighted mean of its batch losses
+    assert history["loss"][0] == pytest.approx(np.dot(loss.values, loss.sizes) / 2000, rel=1e-9)
+    first, last = np.mean(loss.values[:5]), np.mean(loss.values[-5:])
+    assert last < 0.5 * first, (first, last)
+    assert 0.0 <= history["accuracy"][0] <= 1.0
+    # held-out accuracy clearly beats chance (0.1) and the untrained network
+    assert after["accuracy"] > 0.6, after
+    assert after["loss"] < before["loss"]
+    assert after["accuracy"] > before["accuracy"] + 0.3
+
+
+def test_evaluate_matches_an_independent_computation(small):
+    x, y, _, _ = small
+    model = tiny(seed=5)
+    got = train.evaluate(model, (x, y), batch_size=100)  # 3 uneven batches
+    logits = B.to_numpy(model.predict(x)).astype(np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    want_loss = -log_probs[np.arange(len(y)), y].mean()
+    want_acc = float(np.mean(logits.argmax(axis=1) == y))
+    assert got["loss"] == pytest.approx(want_loss, rel=1e-5)
+    assert got["accuracy"] == want_acc
+    assert 0 < want_acc < 1  # the comparison means something
+
+
+def test_history_and_log_lines(small):
+    x, y, xv, yv = small
+    lines: list[str] = []
+    model = tiny()
+    history = train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=2,
+                        batch_size=64, seed=0, progress=False, log=lines.append)
+    assert len(history) == 2
+    assert history["epoch"] == [1, 2]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr", "time_s"):
+        assert len(history[key]) == 2, key
+    assert all(0.0 <= a <= 1.0 for a in history["accuracy"] + history["val_accuracy"])
+    assert history["lr"] == [0.05, 0.05]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2") and "val_loss" in lines[1]
+    # val metrics are exactly evaluate() on the final weights
+    v = train.evaluate(model, (xv, yv))
+    assert history["val_loss"][-1] == pytest.approx(v["loss"], rel=1e-12)
+    assert history["val_accuracy"][-1] == v["accuracy"]
+
+
+# ------------------------------------------------------------------------------------------- reproducibility
+
+
+def _run(data, seed: int, epochs: int = 2, model_seed: int = 0, **kwargs):
+    x, y, xv, yv = data
+    model = tiny(model_seed)
+    opt = optim.Adam(model.parameters(), lr=3e-3)
+    history = train.fit(model, opt, (x, y), val=(xv, yv), epochs=epochs, batch_size=64, seed=seed,
+                        **_quiet(**kwargs))
+    return model, history
+
+
+def test_same_seed_same_run(small):
+    m1, h1 = _run(small, seed=3)
+    B.seed(12345)  # whatever happened to the global generator in between must not matter
+    m2, h2 = _run(small, seed=3)
+    assert records(h1) == records(h2)
+    assert_weights_equal(weights(m1), weights(m2))
+
+
+def test_different_seed_different_run(small):
+    m1, h1 = _run(small, seed=3)
+    m2, h2 = _run(small, seed=4)  # same initial weights, other shuffling and dropout masks
+    assert h1["loss"] != h2["loss"]
+    assert not np.array_equal(weights(m1)["0.W"], weights(m2)["0.W"])
+
+
+def test_on_device_gives_the_same_run(small):
+    m1, h1 = _run(small, seed=3, on_device=False)
+    m2, h2 = _run(small, seed=3, on_device=True)
+    assert records(h1) == records(h2)
+    assert_weights_equal(weights(m1), weights(m2))
+
+
+# ------------------------------------------------------------------------------------------- resume
+
+
+def _resumable_setup(seed: int = 0):
+    """Freshly built model (two dropouts), Adam and a cosine schedule."""
+    model = tiny(seed)
+    opt = optim.Adam(model.parameters(), lr=5e-3)
+    sched = optim.CosineLR(opt, t_max=3, eta_min=1e-4)
+    return model, opt, sched
+
+
+@pytest.mark.parametrize("stop_after", [1, 2])
+def test_resume_equals_uninterrupted(small, tmp_path, stop_after):
+    x, y, xv, yv = small
+    common = dict(val=(xv, yv), batch_size=64, seed=11, transform=RandomShift(1), **_quiet())
+
+    model, opt, sched = _resumable_setup()
+    straight = train.fit(model, opt, (x, y), epochs=3, scheduler=sched, **common)
+    want = weights(model)
+
+    path = tmp_path / "ckpt.npz"
+    model, opt, sched = _resumable_setup()
+    first = train.fit(model, opt, (x, y), epochs=stop_after, scheduler=sched,
+                      callbacks=[train.ModelCheckpoint(path)], **common)
+    assert len(first) == stop_after
+    B.seed(999)  # a new process would start from some other global state
+
+    model, opt, sched = _resumable_setup()  # fresh objects, as after a restart
+    resumed = train.fit(model, opt, (x, y), epochs=3, scheduler=sched, resume=path, **common)
+
+    assert_weights_equal(weights(model), want)
+    assert len(resumed) == 3
+    assert records(resumed) == records(straight)
+    assert opt.step_count == 3 * math.ceil(len(y) / 64)
+    assert sched.last_epoch == 3
+    # the straight run really used dropout and the schedule (else this test would prove little)
+    assert len(set(straight["lr"])) == 3
+
+
+def test_resume_needs_the_saved_rng_state(small, tmp_path):
+    """Control for the test above: resumed with its RNG state, epoch 2 matches; with fresh generators, not."""
+    x, y, xv, yv = small
+    common = dict(val=(xv, yv), batch_size=64, seed=11, **_quiet())
+    model, opt, sched = _resumable_setup()
+    train.fit(model, opt, (x, y), epochs=2, scheduler=sched, **common)
+    want = weights(model)
+
+    path = tmp_path / "ckpt.npz"
+    model, opt, sched = _resumable_setup()
+    train.fit(model, opt, (x, y), epochs=1, scheduler=sched, callbacks=[train.ModelCheckpoint(path)], **common)
+
+    def second_epoch(forget_rng: bool):
+        model, opt, sched = _resumable_setup()
+        trainer = train.Trainer(model, opt, SoftmaxCrossEntropy(), BatchIterator(x, y, 64, rng=11), sched)
+        trainer.resume(path)
+        if forget_rng:  # as if the checkpoint had no RNG state: generators freshly seeded
+            B.seed(11)
+            trainer.train.rng = np.random.default_rng(11)
+            model[-2].rng = np.random.default_rng(2)
+        trainer.train_epoch(progress=False)
+        return weights(model)
+
+    assert_weights_equal(second_epoch(forget_rng=False), want)
+    assert not np.array_equal(second_epoch(forget_rng=True)["0.W"], want["0.W"])
+
+
+def test_resume_past_the_last_epoch_trains_nothing(small, tmp_path):
+    x, y, _, _ = small
+    path = tmp_path / "ckpt.npz"
+    model, opt, sched = _resumable_setup()
+    train.fit(model, opt, (x, y), epochs=2, scheduler=sched, seed=1, callbacks=[train.ModelCheckpoint(path)],
+              batch_size=64, **_quiet())
+    want = weights(model)
+    model, opt, sched = _resumable_setup(seed=7)
+    history = train.fit(model, opt, (x, y), epochs=2, scheduler=sched, seed=1, resume=path, batch_size=64,
+                        **_quiet())
+    assert len(history) == 2
+    assert_weights_equal(weights(model), want)
+
+
+def test_resume_into_another_architecture_fails(small, tmp_path):
+    x, y, _, _ = small
+    path = tmp_path / "ckpt.npz"
+    model = tiny()
+    opt = optim.SGD(model.parameters())
+    train.fit(model, opt, (x, y), epochs=1, callbacks=[train.ModelCheckpoint(path)], batch_size=128, **_quiet())
+    other = tiny(dropout=False)
+    from xpcnn.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="architecture"):
+        train.fit(other, optim.SGD(other.parameters()), (x, y), epochs=2, resume=path, **_quiet())
+
+
+# ------------------------------------------------------------------------------------------- divergence
+
+
+def test_absurd_learning_rate_raises(small):
+    x, y, _, _ = small
+    model = tiny(dropout=False)
+    with pytest.raises(train.TrainingDivergedError, match=r"at epoch 1, step \d+ of 4 \(lr 1e\+30\)") as info:
+        train.fit(model, optim.SGD(model.parameters(), lr=1e30), (x, y), epochs=3, batch_size=64, seed=0,
+                  **_quiet())
+    assert isinstance(info.value, FloatingPointError)
+    assert "step 1 " not in str(info.value)  # the first step's loss is finite; the blow-up comes after it
+
+
+def test_nan_in_the_inputs_names_the_step(small):
+    x, y, _, _ = small
+    x = x.copy()
+    bad = 77
+    x[bad, 0, 14, 14] = np.nan
+    # the step that holds image `bad`: ask a loader built the way fit builds it (same seed, same batches)
+    probe = BatchIterator(x, y, 32, rng=5)
+    step = next(i for i, (xb, _) in enumerate(probe, start=1) if np.isnan(B.to_numpy(xb)).any())
+    model = tiny(dropout=False)
+    with pytest.raises(train.TrainingDivergedError, match=rf"loss became nan at epoch 1, step {step} of 8"):
+        train.fit(model, optim.SGD(model.parameters(), lr=0.01), (x, y), epochs=1, batch_size=32, seed=5,
+                  **_quiet())
+
+
+class _PoisonAfterEpoch:
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, logs):
+        if logs["epoch"] == self.epoch:
+            last = trainer.model[-1]
+            w = B.to_numpy(last.params["W"]).copy()
+            w[0, 0] = np.inf
+            last.params["W"] = B.asarray(w)
+
+
+def test_divergence_in_a_later_epoch_names_that_epoch(small):
+    x, y, _, _ = small
+    model = tiny(dropout=False)
+    with pytest.raises(train.TrainingDivergedError, match=r"epoch 2, step 1 of 4"):
+        train.fit(model, optim.SGD(model.parameters(), lr=0.01), (x, y), epochs=3, batch_size=64, seed=0,
+                  callbacks=[_PoisonAfterEpoch(1)], **_quiet())
+
+
+# ------------------------------------------------------------------------------------------- callbacks
+
+
+class _Snapshots:
+    """Records the weights at the end of every epoch (put it before the callback under test)."""
+
+    def __init__(self) -> None:
+        self.by_epoch: dict[int, dict[str, np.ndarray]] = {}
+
+    def on_epoch_end(self, trainer, logs):
+        self.by_epoch[int(logs["epoch"])] = weights(trainer.model)
+
+
+def _scripted_val(monkeypatch, losses):
+    """Replace the validation pass by a script of val losses (one per epoch), so the scenario is exact."""
+    script = iter(losses)
+    calls = []
+
+    def fake_evaluate(model, data, loss=None, batch_size=512, on_device=False):
+        calls.append(int(np.asarray(B.to_numpy(data[0])).shape[0]))
+        return {"loss": next(script), "accuracy": 0.5}
+
+    monkeypatch.setattr(train, "evaluate", fake_evaluate)
+    return calls
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_early_stopping(small, monkeypatch, restore_best):
+    x, y, xv, yv = small
+    _scripted_val(monkeypatch, [1.0, 0.5, 0.6, 0.7, 0.1, 0.1])
+    snaps = _Snapshots()
+    stopper = train.EarlyStopping(patience=2, restore_best=restore_best)
+    model = tiny()
+    history = train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=6,
+                        batch_size=64, seed=0, callbacks=[snaps, stopper], **_quiet())
+    assert len(history) == 4 and history["val_loss"] == [1.0, 0.5, 0.6, 0.7]
+    assert stopper.stopped_epoch == 4
+    assert stopper.best == 0.5
+    assert not np.array_equal(snaps.by_epoch[2]["0.W"], snaps.by_epoch[4]["0.W"])
+    assert_weights_equal(weights(model), snaps.by_epoch[2 if restore_best else 4])
+
+
+def test_early_stopping_min_delta(small, monkeypatch):
+    x, y, xv, yv = small
+    _scripted_val(monkeypatch, [1.0, 0.95, 0.92, 0.5, 0.4])
+    stopper = train.EarlyStopping(patience=2, min_delta=0.1)
+    model = tiny()
+    history = train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=5,
+                        batch_size=128, seed=0, callbacks=[stopper], **_quiet())
+    assert len(history) == 3 and stopper.stopped_epoch == 3  # 0.95 and 0.92 are not 0.1 better than 1.0
+
+
+def test_early_stopping_does_not_stop_while_improving(small, monkeypatch):
+    x, y, xv, yv = small
+    _scripted_val(monkeypatch, [1.0, 0.9, 0.8])
+    stopper = train.EarlyStopping(patience=1)
+    model = tiny()
+    history = train.fit(model, optim.SGD(model.parameters()), (x, y), val=(xv, yv), epochs=3, batch_size=128,
+                        callbacks=[stopper], **_quiet())
+    assert len(history) == 3 and stopper.stopped_epoch is None
+
+
+def test_early_stopping_needs_validation(small):
+    x, y, _, _ = small
+    model = tiny()
+    with pytest.raises(KeyError, match="val_loss.*val="):
+        train.fit(model, optim.SGD(model.parameters()), (x, y), epochs=2, batch_size=128,
+                  callbacks=[train.EarlyStopping()], **_quiet())
+
+
+def test_model_checkpoint_keeps_last_and_best(small, monkeypatch, tmp_path):
+    x, y, xv, yv = small
+    _scripted_val(monkeypatch, [1.0, 0.5, 0.7])
+    snaps = _Snapshots()
+    cb = train.ModelCheckpoint(tmp_path / "last.npz", best_path=tmp_path / "best.npz")
+    model = tiny()
+    train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=3, batch_size=64,
+              seed=0, callbacks=[snaps, cb], **_quiet())
+    from xpcnn.checkpoint import load_model
+
+    last, last_meta = load_model(tmp_path / "last.npz")
+    best, best_meta = load_model(tmp_path / "best.npz")
+    assert last_meta["epoch"] == 3 and best_meta["epoch"] == 2
+    assert_weights_equal(weights(last), snaps.by_epoch[3])
+    assert_weights_equal(weights(best), snaps.by_epoch[2])
+    assert [e["val_loss"] for e in best_meta["history"]] == [1.0, 0.5]
+
+
+def test_model_checkpoint_best_survives_a_resume(small, monkeypatch, tmp_path):
+    """After a restart, a worse epoch must not overwrite the best checkpoint written before it."""
+    x, y, xv, yv = small
+    _scripted_val(monkeypatch, [1.0, 0.5, 0.7, 0.3])
+    last, best = tmp_path / "last.npz", tmp_path / "best.npz"
+    model = tiny()
+    train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=2, batch_size=64,
+              seed=0, callbacks=[train.ModelCheckpoint(last, best_path=best)], **_quiet())
+    from xpcnn.checkpoint import load_model
+
+    model = tiny()  # a restart: fresh objects, a fresh callback
+    snaps = _Snapshots()
+    train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=3, batch_size=64,
+              seed=0, resume=last, callbacks=[snaps, train.ModelCheckpoint(last, best_path=best)], **_quiet())
+    assert load_model(best)[1]["epoch"] == 2  # 0.7 is worse than 0.5
+    train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=4, batch_size=64,
+              seed=0, resume=last, callbacks=[snaps, train.ModelCheckpoint(last, best_path=best)], **_quiet())
+    best_model, meta = load_model(best)
+    assert meta["epoch"] == 4  # 0.3 is the new best
+    assert_weights_equal(weights(best_model), snaps.by_epoch[4])
+
+
+# ------------------------------------------------------------------------------------------- val_split
+
+
+def test_val_split_holds_out_the_right_samples(monkeypatch):
+    n = 200
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
+    x[:, 0, 0, 0] = np.arange(n)  # an id in every image
+    y = rng.integers(0, 10, n)
+    seen_val: list[np.ndarray] = []
+
+    def spy(model, data, loss=None, batch_size=512, on_device=False):
+        seen_val.append(np.asarray(data[0])[:, 0, 0, 0].copy())
+        return {"loss": 1.0, "accuracy": 0.0}
+
+    monkeypatch.setattr(train, "evaluate", spy)
+    sizes = []
+
+    class Spy:
+        def on_epoch_end(self, trainer, logs):
+            sizes.append(trainer.train.num_samples)
+            seen_val.append(trainer.train.x[:, 0, 0, 0].copy())
+
+    model = tiny(dropout=False)
+    train.fit(model, optim.SGD(model.parameters()), (x, y), val_split=0.25, epochs=1, batch_size=100, seed=0,
+              callbacks=[Spy()], **_quiet())
+    val_ids, train_ids = seen_val
+    assert sizes == [150] and len(val_ids) == 50 and len(train_ids) == 150
+    assert sorted(np.concatenate([val_ids, train_ids]).astype(int)) == list(range(n))
+    assert not np.array_equal(val_ids.astype(int), np.arange(150, 200))  # a random hold-out, not the tail
+
+
+def test_val_split_and_val_are_exclusive(small):
+    x, y, xv, yv = small
+    model = tiny()
+    with pytest.raises(ValueError, match="either val or val_split"):
+        train.fit(model, optim.SGD(model.parameters()), (x, y), val=(xv, yv), val_split=0.1, **_quiet())
+
+
+def test_data_must_be_a_pair(small):
+    model = tiny()
+    with pytest.raises(TypeError, match="pair"):
+        train.fit(model, optim.SGD(model.parameters()), small[0], **_quiet())
+
+
+# ------------------------------------------------------------------------------------------- other lanes
+
+
+def test_fit_on_every_lane_matches_numpy(small, backend):
+    x, y, xv, yv = small
+    x, y = x[:128], y[:128]
+
+    def run():
+        model = tiny(seed=4)
+        opt = optim.Momentum(model.parameters(), lr=0.02)
+        sched = optim.StepLR(opt, step_size=1, gamma=0.5)
+        history = train.fit(model, opt, (x, y), val=(xv, yv), epochs=2, batch_size=32, scheduler=sched, seed=2,
+                            **_quiet())
+        return model, history
+
+    with B.using("numpy"):
+        ref_model, ref = run()
+    model, history = run()
+    for value in model.state_dict().values():
+        assert B.backend_name(value) == backend.name
+    assert history["epoch"] == ref["epoch"] and history["lr"] == ref["lr"]
+    np.testing.assert_allclose(history["loss"], ref["loss"], rtol=1e-5)
+    np.testing.assert_allclose(history["val_loss"], ref["val_loss"], rtol=1e-5)
+    # accuracies are counts: identical unless a logit tie flips, which float32 noise makes very unlikely
+    np.testing.assert_allclose(history["accuracy"], ref["accuracy"], atol=1.5 / len(y))
+    got, want = weights(model), weights(ref_model)
+    for k in want:
+        assert got[k].dtype == want[k].dtype == np.float32
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
