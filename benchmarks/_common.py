@@ -27,6 +27,9 @@ Timing model
   ``OMP_WAIT_POLICY=PASSIVE`` and ``OPENBLAS_THREAD_TIMEOUT=4`` unless they are
   already set (``XPCNN_BENCH_THREAD_ENV=0`` leaves the environment alone).  The
   scripts therefore import this module before NumPy and torch.
+* glibc malloc is tuned as ``xpcnn train`` tunes it (:func:`xpcnn.perf.tune_malloc`,
+  recorded as ``malloc_tuning``; ``XPCNN_BENCH_MALLOC=0`` turns it off).  It applies to the
+  whole process, so torch gets it too.
 """
 
 from __future__ import annotations
@@ -74,6 +77,14 @@ import torch  # noqa: E402  (after the sys.path fix-up, like xpcnn)
 
 import xpcnn  # noqa: E402
 from xpcnn import backend as B  # noqa: E402
+
+# Like `xpcnn train`, keep NumPy's (and torch's) large temporaries in the heap instead of fresh
+# mmap-ed pages (xpcnn.perf); XPCNN_BENCH_MALLOC=0 measures without it.
+try:
+    from xpcnn.perf import tune_malloc  # noqa: E402
+except ImportError:  # an xpcnn from before the setting existed
+    tune_malloc = None
+MALLOC_TUNING = tune_malloc() if tune_malloc and os.environ.get("XPCNN_BENCH_MALLOC", "1") != "0" else None
 
 MiB = float(1 << 20)
 
@@ -620,6 +631,7 @@ def machine_info(env: Env) -> dict[str, Any]:
             ("cupy-cuda13x", "cupy-cuda13x"))},
         "git_revision": _git_revision(),
         "thread_env_applied": THREAD_ENV_APPLIED,
+        "malloc_tuning": MALLOC_TUNING,
         "env": {k: v for k, v in os.environ.items()
                 if k.startswith(("MALLOC_", "OMP_", "OPENBLAS_", "MKL_", "XPCNN_", "CUPY_", "CUDA_VISIBLE"))},
         "xpcnn_backend": env.be.spec,
