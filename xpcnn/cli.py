@@ -138,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                "test_loss": test["loss"], "test_accuracy": test["accuracy"],
                "train_time_s": sum(e["time_s"] for e in history.epochs)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _plots(out, history.epochs, ds.y_test, preds)
+    _plots(out, history.epochs, ds.y_test, preds, val_label="validation" if args.val_split else "test")
     print(f"test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}  "
           f"training time {metrics['train_time_s']:.0f}s  ->  {out}")
     return 0
@@ -149,7 +149,8 @@ def _predict_labels(model: Any, x: np.ndarray) -> np.ndarray:
     return np.argmax(B.to_numpy(logits), axis=1)
 
 
-def _plots(out: Path, epochs: list[dict[str, float]], y_true: np.ndarray, y_pred: np.ndarray) -> None:
+def _plots(out: Path, epochs: list[dict[str, float]], y_true: np.ndarray, y_pred: np.ndarray,
+           val_label: str = "validation") -> None:
     try:
         import matplotlib
 
@@ -163,8 +164,8 @@ def _plots(out: Path, epochs: list[dict[str, float]], y_true: np.ndarray, y_pred
     ax1.plot(ep, [e["loss"] for e in epochs], "o-", label="train")
     ax2.plot(ep, [e["accuracy"] for e in epochs], "o-", label="train")
     if epochs and "val_loss" in epochs[0]:
-        ax1.plot(ep, [e["val_loss"] for e in epochs], "o-", label="validation")
-        ax2.plot(ep, [e["val_accuracy"] for e in epochs], "o-", label="validation")
+        ax1.plot(ep, [e["val_loss"] for e in epochs], "o-", label=val_label)
+        ax2.plot(ep, [e["val_accuracy"] for e in epochs], "o-", label=val_label)
     for ax, name in ((ax1, "loss"), (ax2, "accuracy")):
         ax.set_xlabel("epoch"), ax.set_ylabel(name), ax.grid(alpha=0.3), ax.legend()
     fig.tight_layout()
