@@ -309,3 +309,11 @@ def test_full_network_gradcheck(backend, rng):
 def test_repr(backend):
     text = repr(Sequential(ReLU(), Dense(2, 3)))
     assert text.startswith("Sequential(") and "ReLU()" in text and "Dense(2, 3)" in text
+
+
+def test_config_records_dtype_names_for_any_dtype_spelling():
+    """Layers built with a NumPy dtype object (not a string) still rebuild from their config."""
+    model = Sequential(Conv2D(1, 2, 3, dtype=np.float64, rng=0), Flatten(), Dense(2 * 4 * 4, 3, dtype=np.float64))
+    assert [entry["args"].get("dtype") for entry in model.config()] == ["float64", None, "float64"]
+    rebuilt = Sequential.from_config(model.config())
+    assert [p.value.dtype for p in rebuilt.parameters()] == [p.value.dtype for p in model.parameters()]

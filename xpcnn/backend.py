@@ -32,6 +32,7 @@ import numpy as np
 __all__ = [
     "Backend",
     "BackendError",
+    "dtype_name",
     "ENV_VAR",
     "asarray",
     "available_backends",
@@ -212,7 +213,7 @@ def asarray(host: Any, dtype: Any = None, backend: str | Backend | None = None) 
     be = get_backend() if backend is None else (backend if isinstance(backend, Backend) else _resolve(backend))
     host = np.asarray(host)
     if dtype is not None:
-        host = host.astype(np.dtype(_numpy_name(dtype)), copy=False)
+        host = host.astype(np.dtype(dtype_name(dtype)), copy=False)
     if be.name == "numpy":
         return np.array(host, copy=True)
     if be.name == "torch":
@@ -227,7 +228,8 @@ def asarray(host: Any, dtype: Any = None, backend: str | Backend | None = None) 
     return be.xp.asarray(host, device=be.device, copy=True)  # never alias the caller's host array
 
 
-def _numpy_name(dtype: Any) -> str:
+def dtype_name(dtype: Any) -> str:
+    """The portable name (``"float32"``) of a dtype from any backend, a NumPy dtype or a name."""
     if isinstance(dtype, str):
         return dtype
     try:

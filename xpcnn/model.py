@@ -107,8 +107,8 @@ class Sequential:
             host = B.to_numpy(state[name])
             if tuple(host.shape) != tuple(current.shape):
                 raise ValueError(f"{name}: expected shape {tuple(current.shape)}, got {tuple(host.shape)}")
-            if str(host.dtype) != _dtype_name(current.dtype):
-                raise ValueError(f"{name}: expected dtype {_dtype_name(current.dtype)}, got {host.dtype}")
+            if str(host.dtype) != B.dtype_name(current.dtype):
+                raise ValueError(f"{name}: expected dtype {B.dtype_name(current.dtype)}, got {host.dtype}")
             converted[name] = B.to_device_like(host, current)
         for name, value in converted.items():
             index, key = name.split(".", 1)
@@ -173,6 +173,3 @@ class Sequential:
 def _same_backend(a: Any, b: Any) -> bool:
     return B.backend_name(a) == B.backend_name(b) and array_api_compat.device(a) == array_api_compat.device(b)
 
-
-def _dtype_name(dtype: Any) -> str:
-    return str(dtype).rsplit(".", 1)[-1]

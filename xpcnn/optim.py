@@ -111,14 +111,6 @@ def _int(name: str, value: Any, *, minimum: int) -> int:
     return int(value)
 
 
-def _dtype_name(dtype: Any) -> str:
-    """``"float32"`` for a NumPy/CuPy, torch or array_api_strict float32 dtype."""
-    try:
-        return np.dtype(dtype).name
-    except TypeError:
-        return str(dtype).rsplit(".", 1)[-1]
-
-
 # ----------------------------------------------------------------------------- optimizers
 
 
@@ -290,7 +282,7 @@ class Optimizer:
             value = ref.value
             arr = slots_in[key]
             host = _backend.to_numpy(arr)
-            want_shape, want_dtype = tuple(value.shape), _dtype_name(value.dtype)
+            want_shape, want_dtype = tuple(value.shape), _backend.dtype_name(value.dtype)
             got_shape, got_dtype = tuple(host.shape), host.dtype.name
             if got_shape != want_shape or got_dtype != want_dtype:
                 raise ValueError(f"{kind} state slot {key!r}: expected shape {want_shape} and dtype {want_dtype} "

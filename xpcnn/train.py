@@ -130,7 +130,7 @@ def evaluate(model: Sequential, data: tuple[Any, Any], loss: Any = None, batch_s
 
 def _model_dtype(model: Sequential) -> str:
     ref = next((p.value for p in model.parameters()), None)
-    return "float32" if ref is None else str(ref.dtype).rsplit(".", 1)[-1]
+    return "float32" if ref is None else B.dtype_name(ref.dtype)
 
 
 class Trainer:

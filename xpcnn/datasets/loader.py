@@ -94,8 +94,8 @@ class BatchIterator:
         self.rng = B.host_rng(rng)
         #: Number of epochs started (calls to ``iter()``).
         self.epoch = 0
-        self._x_np_dtype = x.dtype if x_dtype is None else np.dtype(B._numpy_name(x_dtype))
-        self._y_np_dtype = np.dtype(B._numpy_name(y_dtype))
+        self._x_np_dtype = x.dtype if x_dtype is None else np.dtype(B.dtype_name(x_dtype))
+        self._y_np_dtype = np.dtype(B.dtype_name(y_dtype))
         self.x, self.y = x, y
         self._x_dev = self._y_dev = None
         if self.on_device:

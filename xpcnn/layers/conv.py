@@ -6,6 +6,7 @@ from typing import Any
 
 from ..functional import conv as Fc
 from ..functional._checks import check_rank, pair
+from .. import backend as B
 from .base import Layer, register
 
 
@@ -30,7 +31,7 @@ class Conv2D(Layer):
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride, self.padding, self.dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
-        self.init, self.bias, self._dtype = init, bool(bias), str(dtype)
+        self.init, self.bias, self._dtype = init, bool(bias), B.dtype_name(dtype)
         self.params["W"] = self._new_param(init, (self.out_channels, self.in_channels, *self.kernel_size), dtype, rng)
         if self.bias:
             self.params["b"] = self._constant(0.0, (self.out_channels,), dtype)

@@ -9,6 +9,7 @@ import array_api_compat
 
 from ..functional.dense import dense, dense_backward
 from ..functional._checks import check_rank
+from .. import backend as B
 from .base import Layer, register
 
 
@@ -23,7 +24,7 @@ class Dense(Layer):
                  dtype: str = "float32", rng: Any = None) -> None:
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
-        self.bias, self.init, self._dtype = bool(bias), init, str(dtype)
+        self.bias, self.init, self._dtype = bool(bias), init, B.dtype_name(dtype)
         self.params["W"] = self._new_param(init, (self.in_features, self.out_features), dtype, rng)
         if self.bias:
             self.params["b"] = self._constant(0.0, (self.out_features,), dtype)

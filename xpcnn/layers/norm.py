@@ -6,6 +6,7 @@ from typing import Any
 
 from ..functional import norm as Fn
 from ..functional._checks import check_rank
+from .. import backend as B
 from .base import Layer, register
 
 
@@ -15,7 +16,7 @@ class _BatchNorm(Layer):
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, dtype: str = "float32") -> None:
         super().__init__()
-        self.num_features, self.momentum, self.eps, self._dtype = int(num_features), float(momentum), float(eps), str(dtype)
+        self.num_features, self.momentum, self.eps, self._dtype = int(num_features), float(momentum), float(eps), B.dtype_name(dtype)
         shape = (self.num_features,)
         self.params["gamma"] = self._constant(1.0, shape, dtype)
         self.params["beta"] = self._constant(0.0, shape, dtype)
