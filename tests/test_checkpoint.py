@@ -483,3 +483,21 @@ def test_checkpoint_moves_between_backends(tmp_path, backend):
         again, _ = ckpt.load_model(back)
         assert all(isinstance(v, np.ndarray) for v in again.state_dict().values())
     _assert_states_equal(_host_state(again), want)
+
+
+def test_failed_restore_leaves_model_and_optimizer_unchanged(tmp_path):
+    """A checkpoint whose optimizer state does not fit is refused without touching the model."""
+    from xpcnn.layers import Dense
+    from xpcnn.model import Sequential
+
+    src = Sequential(Dense(3, 2, rng=1))
+    ckpt.save(tmp_path / "sgd.npz", src, optim.Momentum(src.parameters(), lr=0.1))
+    dst = Sequential(Dense(3, 2, rng=2))
+    opt = optim.Adam(dst.parameters())
+    weights = {k: B.to_numpy(v).copy() for k, v in dst.state_dict().items()}
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.restore(tmp_path / "sgd.npz", dst, opt)  # Momentum state into Adam
+    for k, v in dst.state_dict().items():
+        np.testing.assert_array_equal(B.to_numpy(v), weights[k])
+    assert opt.step_count == 0 and set(opt.state_dict()["slots"]) == {"0.W/exp_avg", "0.W/exp_avg_sq",
+                                                                       "0.b/exp_avg", "0.b/exp_avg_sq"}

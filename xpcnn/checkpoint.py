@@ -115,12 +115,15 @@ def restore(path: str | os.PathLike[str], model: Sequential, optimizer: Any = No
     The scheduler keeps its own settings and takes only its progress from the checkpoint
     (so a run resumed with more epochs stretches a cosine schedule to the new length).
 
-    Raises :class:`CheckpointError` when the architecture or the optimizer type differs.
+    Raises :class:`CheckpointError` when the architecture or the optimizer type differs; then
+    the model, optimizer and scheduler are left exactly as they were (all or nothing).
     """
     meta, model_arrays, optim_arrays = load(path)
     if meta["model_config"] != model.config():
         raise CheckpointError(f"{path}: the checkpoint's architecture differs from the model's:\n"
                               f"  checkpoint: {meta['model_config']}\n  model:      {model.config()}")
+    # Loading replaces arrays rather than writing into them, so these snapshots stay valid.
+    before = (model.state_dict(), optimizer and optimizer.state_dict(), scheduler and scheduler.state_dict())
     try:
         model.load_state_dict(model_arrays)
         if optimizer is not None:
@@ -130,6 +133,11 @@ def restore(path: str | os.PathLike[str], model: Sequential, optimizer: Any = No
         if scheduler is not None and meta.get("scheduler") is not None:
             scheduler.load_state_dict(meta["scheduler"], keep_config=True)
     except (ValueError, KeyError, TypeError) as exc:
+        model.load_state_dict(before[0])
+        if optimizer is not None:
+            optimizer.load_state_dict(before[1])
+        if scheduler is not None:
+            scheduler.load_state_dict(before[2])
         if isinstance(exc, CheckpointError):
             raise
         raise CheckpointError(f"{path} does not match: {exc}") from exc
