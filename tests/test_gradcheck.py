@@ -199,3 +199,20 @@ def test_layer_state_restored(backend, rng):
     assert gradcheck(layer, B.asarray(rng.standard_normal((5, 3)), dtype="float64")).ok
     for key, value in layer.buffers.items():
         np.testing.assert_array_equal(B.to_numpy(value), before[key])
+
+
+def test_state_restored_when_the_check_fails(rng):
+    """A failing check still puts back the running statistics and the parameters it perturbed."""
+    from xpcnn.layers import BatchNorm2D
+
+    class WrongBatchNorm(BatchNorm2D):
+        def backward(self, dout):  # a dx of the wrong shape: the check raises mid-way
+            return super().backward(dout)[:, :, :1, :]
+
+    layer = WrongBatchNorm(2, dtype="float64")
+    before = {k: B.to_numpy(v).copy() for store in (layer.params, layer.buffers) for k, v in store.items()}
+    with pytest.raises(GradcheckError):
+        gradcheck(layer, B.asarray(rng.standard_normal((3, 2, 2, 2))))
+    after = {k: B.to_numpy(v) for store in (layer.params, layer.buffers) for k, v in store.items()}
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)

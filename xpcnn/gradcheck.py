@@ -52,17 +52,21 @@ def numerical_grad(loss: Callable[[], float], host: np.ndarray, commit: Callable
     ``commit(host)`` must install the (perturbed) host array where ``loss`` reads it.
     """
     grad = np.zeros_like(host)
-    for index in np.ndindex(*host.shape):
-        original = host[index]
-        host[index] = original + eps
-        commit(host)
-        plus = loss()
-        host[index] = original - eps
-        commit(host)
-        minus = loss()
-        host[index] = original
-        grad[index] = (plus - minus) / (2.0 * eps)
-    commit(host)
+    try:
+        for index in np.ndindex(*host.shape):
+            original = host[index]
+            try:
+                host[index] = original + eps
+                commit(host)
+                plus = loss()
+                host[index] = original - eps
+                commit(host)
+                minus = loss()
+            finally:
+                host[index] = original
+            grad[index] = (plus - minus) / (2.0 * eps)
+    finally:
+        commit(host)  # the unperturbed values, even when loss() raised
     return grad
 
 
@@ -107,57 +111,59 @@ def gradcheck(target: Any, inputs: Any | Sequence[Any], *, dout: Any = None, tra
             return target.forward(arrays[0], train=train), target.backward
         return target(*[arrays[i] for i in range(len(inputs))])
 
-    y, backward = run()
-    if dout is None:
-        dout = B.to_device_like(np.random.default_rng(seed).standard_normal(tuple(y.shape)), y)
-    dout_host = B.to_numpy(dout).astype(np.float64)
-    analytic_dx = backward(dout)
-    analytic: dict[str, Any] = {}
-    if is_layer:
-        analytic["x"] = analytic_dx
-        analytic.update({key: g for key, g in target.grads.items()})
-    else:
-        grads = analytic_dx if isinstance(analytic_dx, (list, tuple)) else (analytic_dx,)
-        if len(grads) != len(inputs):
-            raise ValueError(f"backward returned {len(grads)} gradients for {len(inputs)} inputs")
-        analytic.update({f"input {i}": g for i, g in enumerate(grads)})
-
-    def loss() -> float:
-        y_now, _ = run()
-        return float(np.sum(B.to_numpy(y_now).astype(np.float64) * dout_host))
-
-    result = GradcheckResult()
-    for name, grad in analytic.items():
-        if grad is None:
-            continue
-        if is_layer and name != "x":
-            current, like = name, target.params[name]
-
-            def commit(h: np.ndarray, key: str = current, ref: Any = like) -> None:
-                target.params[key] = B.to_device_like(h, ref)
+    try:
+        y, backward = run()
+        if dout is None:
+            dout = B.to_device_like(np.random.default_rng(seed).standard_normal(tuple(y.shape)), y)
+        dout_host = B.to_numpy(dout).astype(np.float64)
+        analytic_dx = backward(dout)
+        analytic: dict[str, Any] = {}
+        if is_layer:
+            analytic["x"] = analytic_dx
+            analytic.update({key: g for key, g in target.grads.items()})
         else:
-            index = 0 if is_layer else int(name.split()[1])
-            like = arrays[index]
+            grads = analytic_dx if isinstance(analytic_dx, (list, tuple)) else (analytic_dx,)
+            if len(grads) != len(inputs):
+                raise ValueError(f"backward returned {len(grads)} gradients for {len(inputs)} inputs")
+            analytic.update({f"input {i}": g for i, g in enumerate(grads)})
 
-            def commit(h: np.ndarray, i: int = index, ref: Any = like) -> None:
-                arrays[i] = B.to_device_like(h, ref)
+        def loss() -> float:
+            y_now, _ = run()
+            return float(np.sum(B.to_numpy(y_now).astype(np.float64) * dout_host))
 
-        host = B.to_numpy(like).astype(np.float64).copy()
-        numeric = numerical_grad(loss, host, commit, eps)
-        got = B.to_numpy(grad).astype(np.float64)
-        if got.shape != numeric.shape:
-            raise GradcheckError(f"gradient of {name}: shape {got.shape}, expected {numeric.shape}")
-        err = np.abs(got - numeric)
-        worst = np.unravel_index(int(np.argmax(err - rtol * np.abs(numeric))), err.shape) if err.size else ()
-        result.max_abs_error[name] = float(err.max()) if err.size else 0.0
-        result.worst_index[name] = tuple(int(i) for i in worst)
-        if err.size and not np.all(err <= atol + rtol * np.abs(numeric)):
-            result.failures.append(
-                f"gradient of {name} is wrong at index {result.worst_index[name]}: analytic {got[worst]:.10g}, "
-                f"numerical {numeric[worst]:.10g} (|diff| {err[worst]:.3g} > atol {atol:g} + rtol {rtol:g} * "
-                f"|numerical|)")
-    if saved_buffers:
-        target.buffers.update(saved_buffers)
+        result = GradcheckResult()
+        for name, grad in analytic.items():
+            if grad is None:
+                continue
+            if is_layer and name != "x":
+                current, like = name, target.params[name]
+
+                def commit(h: np.ndarray, key: str = current, ref: Any = like) -> None:
+                    target.params[key] = B.to_device_like(h, ref)
+            else:
+                index = 0 if is_layer else int(name.split()[1])
+                like = arrays[index]
+
+                def commit(h: np.ndarray, i: int = index, ref: Any = like) -> None:
+                    arrays[i] = B.to_device_like(h, ref)
+
+            host = B.to_numpy(like).astype(np.float64).copy()
+            numeric = numerical_grad(loss, host, commit, eps)
+            got = B.to_numpy(grad).astype(np.float64)
+            if got.shape != numeric.shape:
+                raise GradcheckError(f"gradient of {name}: shape {got.shape}, expected {numeric.shape}")
+            err = np.abs(got - numeric)
+            worst = np.unravel_index(int(np.argmax(err - rtol * np.abs(numeric))), err.shape) if err.size else ()
+            result.max_abs_error[name] = float(err.max()) if err.size else 0.0
+            result.worst_index[name] = tuple(int(i) for i in worst)
+            if err.size and not np.all(err <= atol + rtol * np.abs(numeric)):
+                result.failures.append(
+                    f"gradient of {name} is wrong at index {result.worst_index[name]}: analytic {got[worst]:.10g}, "
+                    f"numerical {numeric[worst]:.10g} (|diff| {err[worst]:.3g} > atol {atol:g} + rtol {rtol:g} * "
+                    f"|numerical|)")
+    finally:
+        if saved_buffers:  # also when a check raised
+            target.buffers.update(saved_buffers)
     if result.failures and raise_on_failure:
         raise GradcheckError("; ".join(result.failures))
     return result
