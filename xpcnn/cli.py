@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="directory with the four IDX files (default: see the README's lookup order)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", type=int)
-    t.add_argument("--optimizer", choices=["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"])
+    t.add_argument("--optimizer", choices=sorted(optim.OPTIMIZERS))
     t.add_argument("--lr", type=float)
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--schedule", choices=["none", "cosine", "step"])
@@ -79,12 +79,6 @@ def _standardize(x_uint8: np.ndarray, stats: dict[str, float]) -> np.ndarray:
     return standardize(to_float(x_uint8), stats["mean"], stats["std"])[0]
 
 
-def _make_optimizer(name: str, params: list, lr: float, weight_decay: float):
-    classes = {"sgd": optim.SGD, "momentum": optim.Momentum, "nesterov": optim.Nesterov, "adagrad": optim.AdaGrad,
-               "rmsprop": optim.RMSProp, "adam": optim.Adam, "adamw": optim.AdamW}
-    return classes[name](params, lr=lr, weight_decay=weight_decay)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     perf.tune_malloc()  # this process only: keep NumPy's large temporaries in the heap (see xpcnn.perf)
     if args.backend:
@@ -115,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     model = models.build(args.model, rng=args.seed)
     print(model.summary((1, 1, 28, 28)))
-    opt = _make_optimizer(recipe["optimizer"], model.parameters(), recipe["lr"], args.weight_decay)
+    opt = optim.OPTIMIZERS[recipe["optimizer"]](model.parameters(), lr=recipe["lr"], weight_decay=args.weight_decay)
     scheduler = None
     if recipe["schedule"] == "cosine":
         scheduler = optim.CosineLR(opt, t_max=recipe["epochs"])
@@ -124,8 +118,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     extra = {"model": args.model, "dataset": args.dataset, "normalization": stats, "recipe": recipe,
              "seed": args.seed, "backend": str(be)}
-    val = None if args.val_split else (x_test_f, ds.y_test)
-    history = train.fit(model, opt, (x_train_f, y_train), val=val, val_split=args.val_split,
+    val_split = args.val_split or None  # 0 means no split
+    val = None if val_split else (x_test_f, ds.y_test)
+    history = train.fit(model, opt, (x_train_f, y_train), val=val, val_split=val_split,
                         epochs=recipe["epochs"], batch_size=recipe["batch_size"], scheduler=scheduler,
                         callbacks=[train.ModelCheckpoint(out / "checkpoint.npz")], seed=args.seed,
                         on_device=args.on_device, transform=augment.build(recipe["augment"], fill=-mean / std),

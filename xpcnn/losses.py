@@ -44,5 +44,3 @@ class MeanSquaredError:
             raise RuntimeError("MeanSquaredError.backward called before forward")
         return Fl.mean_squared_error_backward(*self._cache)
 
-
-LOSSES = {"cross_entropy": SoftmaxCrossEntropy, "mse": MeanSquaredError}

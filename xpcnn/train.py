@@ -79,7 +79,8 @@ class ModelCheckpoint:
 class EarlyStopping:
     """Stop when ``monitor`` (default ``val_loss``) has not improved by ``min_delta`` for ``patience`` epochs.
 
-    With ``restore_best=True`` the model's weights return to the best epoch's at the end.
+    With ``restore_best=True`` the model's weights return to the best epoch's when it stops training
+    (like Keras' ``restore_best_weights``); a run that ends by reaching its epoch count keeps the last.
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0,

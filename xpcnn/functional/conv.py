@@ -75,6 +75,34 @@ def tap_slices(kernel_size: Pair, out_size: Pair, stride: Pair, dilation: Pair) 
             yield slice(h0, h0 + sh * (oh - 1) + 1, sh), slice(w0, w0 + sw * (ow - 1) + 1, sw)
 
 
+def stack_taps(xpad: Any, kernel_size: Pair, out_size: Pair, stride: Pair, dilation: Pair, axis: int) -> Any:
+    """Gather every kernel tap's strided view of the padded input and stack them along ``axis``.
+
+    xpad: (N, C, Hp, Wp) -> (N, KH*KW, C, OH, OW) for ``axis=1`` or (KH*KW, N, C, OH, OW) for ``axis=0``.
+    """
+    xp = array_api_compat.array_namespace(xpad)
+    return xp.stack([xpad[:, :, hs, ws] for hs, ws in tap_slices(kernel_size, out_size, stride, dilation)],
+                    axis=axis)
+
+
+def scatter_add_taps(tap_values: Any, x_shape: tuple[int, ...], kernel_size: Pair, out_size: Pair, stride: Pair,
+                     padding: Pair, dilation: Pair, like: Any) -> Any:
+    """The adjoint of :func:`stack_taps`: add ``tap_values(t)`` (N, C, OH, OW) where tap ``t`` read, then crop.
+
+    Each tap is added into a zero padded buffer with a strided slice (deterministic, no atomics);
+    the result is (N, C, H, W) in ``like``'s dtype and device.
+    """
+    xp = array_api_compat.array_namespace(like)
+    N, C, H, W = x_shape
+    p = padding
+    buf = xp.zeros((N, C, H + 2 * p[0], W + 2 * p[1]), dtype=like.dtype, device=array_api_compat.device(like))
+    for t, (hs, ws) in enumerate(tap_slices(kernel_size, out_size, stride, dilation)):
+        buf[:, :, hs, ws] += tap_values(t)
+    if p == (0, 0):
+        return buf
+    return buf[:, :, p[0]:p[0] + H, p[1]:p[1] + W]
+
+
 def _geometry(x_shape, kernel_size, stride, padding, dilation):
     k = pair(kernel_size, "kernel_size")
     s = pair(stride, "stride")
@@ -94,9 +122,7 @@ def im2col(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, padding: int
     xp = array_api_compat.array_namespace(x)
     k, s, p, d, (oh, ow) = _geometry(x.shape, kernel_size, stride, padding, dilation)
     N, C = x.shape[0], x.shape[1]
-    xpad = pad2d(x, p)
-    taps = [xpad[:, :, hs, ws] for hs, ws in tap_slices(k, (oh, ow), s, d)]
-    col = xp.stack(taps, axis=1)  # (N, KH*KW, C, OH, OW)
+    col = stack_taps(pad2d(x, p), k, (oh, ow), s, d, axis=1)  # (N, KH*KW, C, OH, OW)
     return xp.reshape(col, (N, k[0] * k[1] * C, oh * ow))
 
 
@@ -114,12 +140,7 @@ def col2im(col: Any, x_shape: tuple[int, int, int, int], kernel_size: int | Pair
     if tuple(col.shape) != expected:
         raise ValueError(f"col must have shape {expected} for x_shape {tuple(x_shape)}, got {tuple(col.shape)}")
     cols = xp.reshape(col, (N, k[0] * k[1], C, oh, ow))
-    buf = xp.zeros((N, C, H + 2 * p[0], W + 2 * p[1]), dtype=col.dtype, device=array_api_compat.device(col))
-    for t, (hs, ws) in enumerate(tap_slices(k, (oh, ow), s, d)):
-        buf[:, :, hs, ws] += cols[:, t, :, :, :]
-    if p == (0, 0):
-        return buf
-    return buf[:, :, p[0]:p[0] + H, p[1]:p[1] + W]
+    return scatter_add_taps(lambda t: cols[:, t, :, :, :], x_shape, k, (oh, ow), s, p, d, col)
 
 
 def _weights_as_matrix(xp: Any, W: Any) -> Any:

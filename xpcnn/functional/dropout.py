@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..backend import dtype_name, to_device_like
 from ._checks import check_floating, namespace
 
 __all__ = ["dropout_backward", "dropout_forward", "dropout_mask"]
@@ -20,10 +21,9 @@ def dropout_mask(shape: tuple[int, ...], p: float, rng: Any, like: Any) -> Any:
     """
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
-    from ..backend import to_device_like
 
     keep = rng.random(shape) >= p  # host bool array
-    return to_device_like(keep * (1.0 / (1.0 - p)), like)
+    return to_device_like((keep * (1.0 / (1.0 - p))).astype(dtype_name(like.dtype)), like)
 
 
 def dropout_forward(x: Any, mask: Any) -> Any:

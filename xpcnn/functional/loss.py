@@ -65,12 +65,12 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
 
 def softmax_cross_entropy_backward(probs: Any, labels: Any) -> Any:
     """Fused gradient of softmax + cross-entropy: ``dlogits = (softmax - onehot) / N``."""
-    xp = namespace(probs, labels)
+    namespace(probs, labels)
     return (probs - one_hot(labels, probs.shape[1], probs.dtype)) / float(probs.shape[0])
 
 
 def mean_squared_error(y: Any, t: Any) -> Any:
-    """``E = 1/N * sum_n 1/2 * ||y_n - t_n||^2`` (seed 000, eq. 1-2, averaged over the batch).
+    """``E = 1/N * sum_n 1/2 * ||y_n - t_n||^2`` (the sum-of-squares error, averaged over the batch).
 
     y, t: (N, ...) with equal shapes and dtypes -> 0-d loss.
     """

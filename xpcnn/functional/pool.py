@@ -18,7 +18,7 @@ from typing import Any
 import array_api_compat
 
 from ._checks import Pair, check_floating, check_rank, namespace, pair
-from .conv import conv_geometry, pad2d, tap_slices
+from .conv import conv_geometry, pad2d, scatter_add_taps, stack_taps, tap_slices
 
 __all__ = [
     "avg_pool2d",
@@ -42,9 +42,8 @@ def pool_geometry(x_shape: tuple[int, ...], kernel_size: int | Pair, stride: int
 
 
 def _windows(x: Any, k: Pair, s: Pair, p: Pair, out: Pair, fill: float) -> Any:
-    xp = array_api_compat.array_namespace(x)
-    xpad = pad2d(x, p, fill)
-    return xp.stack([xpad[:, :, hs, ws] for hs, ws in tap_slices(k, out, s, (1, 1))], axis=0)
+    """(N, C, H, W) -> (KH*KW, N, C, OH, OW), padding with ``fill``."""
+    return stack_taps(pad2d(x, p, fill), k, out, s, (1, 1), axis=0)
 
 
 def _check_input(x: Any) -> Any:
@@ -60,26 +59,20 @@ def _check_dout(dout: Any, x_shape: tuple[int, ...], out: Pair) -> None:
         raise ValueError(f"dout must have the forward output's shape {expected}, got {tuple(dout.shape)}")
 
 
-def _scatter_taps(xp: Any, tap_grads: Any, x_shape: tuple[int, ...], k: Pair, s: Pair, p: Pair, out: Pair,
-                  dtype: Any, device: Any) -> Any:
-    """Add ``tap_grads(t)`` into the padded input positions each tap ``t`` read, then crop.
+def _scatter_taps(tap_grads: Any, x_shape: tuple[int, ...], k: Pair, s: Pair, p: Pair, out: Pair,
+                  like: Any) -> Any:
+    """Add ``tap_grads(t)`` into the input positions each tap ``t`` read (see ``scatter_add_taps``).
 
-    When the windows tile the input exactly (stride = kernel, no padding, no remainder) every
-    input position is written by exactly one tap, so the taps are assigned, not accumulated.
+    When the windows tile the input (stride = kernel, no padding; the output size is exact, so no
+    remainder) every input position is written by exactly one tap: assign instead of accumulating.
     """
-    N, C, H, W = x_shape
-    tiles = s == k and p == (0, 0) and H == out[0] * k[0] and W == out[1] * k[1]
-    if tiles:
-        buf = xp.empty((N, C, H, W), dtype=dtype, device=device)
-        for t, (hs, ws) in enumerate(tap_slices(k, out, s, (1, 1))):
-            buf[:, :, hs, ws] = tap_grads(t)
-        return buf
-    buf = xp.zeros((N, C, H + 2 * p[0], W + 2 * p[1]), dtype=dtype, device=device)
+    if not (s == k and p == (0, 0)):
+        return scatter_add_taps(tap_grads, x_shape, k, out, s, p, (1, 1), like)
+    xp = array_api_compat.array_namespace(like)
+    buf = xp.empty(tuple(x_shape), dtype=like.dtype, device=array_api_compat.device(like))
     for t, (hs, ws) in enumerate(tap_slices(k, out, s, (1, 1))):
-        buf[:, :, hs, ws] += tap_grads(t)
-    if p == (0, 0):
-        return buf
-    return buf[:, :, p[0]:p[0] + H, p[1]:p[1] + W]
+        buf[:, :, hs, ws] = tap_grads(t)
+    return buf
 
 
 def max_pool2d_forward(x: Any, kernel_size: int | Pair, stride: int | Pair | None = None,
@@ -116,8 +109,7 @@ def max_pool2d_backward(dout: Any, argmax: Any, x_shape: tuple[int, int, int, in
     xp = namespace(dout, argmax)
     k, s, p, out = pool_geometry(x_shape, kernel_size, stride, padding)
     _check_dout(dout, x_shape, out)
-    return _scatter_taps(xp, lambda t: dout * xp.astype(argmax == t, dout.dtype), x_shape, k, s, p, out,
-                         dout.dtype, array_api_compat.device(dout))
+    return _scatter_taps(lambda t: dout * xp.astype(argmax == t, dout.dtype), x_shape, k, s, p, out, dout)
 
 
 def avg_pool2d(x: Any, kernel_size: int | Pair, stride: int | Pair | None = None, padding: int | Pair = 0) -> Any:
@@ -130,8 +122,8 @@ def avg_pool2d(x: Any, kernel_size: int | Pair, stride: int | Pair | None = None
 def avg_pool2d_backward(dout: Any, x_shape: tuple[int, int, int, int], kernel_size: int | Pair,
                         stride: int | Pair | None = None, padding: int | Pair = 0) -> Any:
     """Gradient of average pooling: every input in a window gets ``dout / (KH*KW)``."""
-    xp = namespace(dout)
+    namespace(dout)
     k, s, p, out = pool_geometry(x_shape, kernel_size, stride, padding)
     _check_dout(dout, x_shape, out)
     share = dout / float(k[0] * k[1])
-    return _scatter_taps(xp, lambda t: share, x_shape, k, s, p, out, dout.dtype, array_api_compat.device(dout))
+    return _scatter_taps(lambda t: share, x_shape, k, s, p, out, dout)
