@@ -504,3 +504,20 @@ def test_fit_on_every_lane_matches_numpy(small, backend):
     for k in want:
         assert got[k].dtype == want[k].dtype == np.float32
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_drop_last_skips_the_batch_of_one_that_batch_norm_cannot_train_on():
+    from xpcnn.layers import BatchNorm1D, Dense
+    from xpcnn.model import Sequential
+    from xpcnn.optim import SGD
+    from xpcnn.train import fit
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((9, 3)).astype(np.float32), rng.integers(0, 2, 9)
+    model = Sequential(Dense(3, 4, rng=0), BatchNorm1D(4), Dense(4, 2, rng=1))
+    with pytest.raises(ValueError, match="more than one value per feature"):
+        fit(model, SGD(model.parameters(), lr=0.1), (x, y), epochs=1, batch_size=4, seed=0, progress=False, log=None)
+    model = Sequential(Dense(3, 4, rng=0), BatchNorm1D(4), Dense(4, 2, rng=1))
+    history = fit(model, SGD(model.parameters(), lr=0.1), (x, y), epochs=1, batch_size=4, seed=0, progress=False,
+                  log=None, drop_last=True)
+    assert len(history) == 1

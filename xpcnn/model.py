@@ -116,7 +116,10 @@ class Sequential:
             (layer.params if key in layer.params else layer.buffers)[key] = value
 
     def to(self, spec: str | B.Backend) -> Sequential:
-        """Move every parameter and buffer to another backend/device (in place); returns ``self``."""
+        """Move every parameter and buffer to another backend/device (in place); returns ``self``.
+
+        Build the optimizer after moving: its state lives where the parameters were when it was made.
+        """
         for layer in self.layers:
             layer.to(spec)
         return self

@@ -205,7 +205,7 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple[Any, Any] | None = None,
         val_split: float | None = None, epochs: int = 1, batch_size: int = 128, loss: Any = None,
         scheduler: Any = None, callbacks: Sequence[Callback] = (), seed: int | None = None,
-        on_device: bool = False, transform: Any = None, resume: str | Path | None = None,
+        on_device: bool = False, transform: Any = None, drop_last: bool = False, resume: str | Path | None = None,
         progress: bool = True, log: Callable[[str], None] | None = print,
         extra: dict[str, Any] | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs (in total: a resumed run continues up to that count).
@@ -216,6 +216,7 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
     seed: fixes the shuffling order and reseeds the global host RNG (dropout).
     on_device: keep the whole data set on the backend's device and slice batches there.
     transform: host-side augmentation of each training batch (see :mod:`xpcnn.datasets.augment`).
+    drop_last: skip the last, smaller batch of each epoch (batch norm cannot train on a batch of one).
     resume: a checkpoint written by :class:`ModelCheckpoint` (or ``Trainer.save``) to continue from.
     Raises :class:`TrainingDivergedError` when the loss becomes NaN or infinite.
     """
@@ -229,7 +230,7 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
         x, y, xv, yv = train_val_split(x, y, val_split, rng=None if seed is None else seed + 1)
         val = (xv, yv)
     loader = BatchIterator(x, y, batch_size, shuffle=True, rng=seed, on_device=on_device,
-                           x_dtype=_model_dtype(model), transform=transform)
+                           x_dtype=_model_dtype(model), transform=transform, drop_last=drop_last)
     trainer = Trainer(model, optimizer, loss, loader, scheduler, extra)
     if resume is not None:
         trainer.resume(resume)
