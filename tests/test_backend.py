@@ -351,3 +351,11 @@ def test_same_seed_same_numbers_on_every_lane(backend):
     with B.using("numpy"):
         ref = B.asarray(B.host_rng(31).standard_normal((4, 4)), dtype="float32")
     np.testing.assert_array_equal(B.to_numpy(values), ref)
+
+
+def test_seed_streams_are_reproducible_and_independent():
+    draws = {p: B.seed_stream(7, p).random(64) for p in ("shuffle", "dropout", "init")}
+    np.testing.assert_array_equal(draws["shuffle"], B.seed_stream(7, "shuffle").random(64))
+    assert not np.allclose(draws["shuffle"], draws["dropout"]) and not np.allclose(draws["shuffle"], draws["init"])
+    assert not np.allclose(draws["shuffle"], np.random.default_rng(7).random(64))
+    assert not np.allclose(draws["shuffle"], B.seed_stream(8, "shuffle").random(64))

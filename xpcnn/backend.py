@@ -40,6 +40,7 @@ __all__ = [
     "host_rng",
     "parse_spec",
     "seed",
+    "seed_stream",
     "set_backend",
     "to_numpy",
     "using",
@@ -282,10 +283,20 @@ def backend_name(x: Any) -> str:
 _default_rng = np.random.default_rng()
 
 
-def seed(value: int | None) -> None:
-    """Reseed the global host generator used when a layer or loader gets no ``rng``."""
+def seed(value: int | np.random.Generator | None) -> None:
+    """Reseed (or replace) the global host generator used when a layer or loader gets no ``rng``."""
     global _default_rng
-    _default_rng = np.random.default_rng(value)
+    _default_rng = value if isinstance(value, np.random.Generator) else np.random.default_rng(value)
+
+
+def seed_stream(seed: int, purpose: str) -> np.random.Generator:
+    """An independent host generator for one ``purpose`` of a run seeded with ``seed``.
+
+    ``seed_stream(0, "shuffle")`` and ``seed_stream(0, "init")`` never share random numbers,
+    unlike two ``default_rng(0)``; both are the same on every machine and backend.
+    """
+    tag = int.from_bytes(purpose.encode("utf-8"), "little")
+    return np.random.default_rng(np.random.SeedSequence([int(seed), tag]))
 
 
 def host_rng(rng: np.random.Generator | int | None = None) -> np.random.Generator:

@@ -107,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     stats = {"mean": mean, "std": std}
     x_test_f = _standardize(ds.x_test, stats)
 
-    model = models.build(args.model, rng=args.seed)
+    model = models.build(args.model, rng=B.seed_stream(args.seed, "init"))
     print(model.summary((1, 1, 28, 28)))
     opt = optim.OPTIMIZERS[recipe["optimizer"]](model.parameters(), lr=recipe["lr"], weight_decay=args.weight_decay)
     scheduler = None

@@ -8,7 +8,7 @@
                         val=(to_float(x_test), y_test), epochs=5, batch_size=128, seed=0)
 
 Randomness comes from host generators: ``seed`` fixes the shuffling order and
-reseeds the global generator (dropout masks), so a run is reproducible and a
+reseeds the global generator (dropout masks), from independent streams, so a run is reproducible and a
 resumed run (``fit(..., resume=path)``) continues exactly where the checkpoint
 left off.
 """
@@ -213,7 +213,8 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
     train: ``(x, y)`` host arrays, x: (N, C, H, W) float, y: (N,) integer labels.
     val / val_split: validation data, or the fraction of ``train`` held out for it (seeded).
     scheduler: an LR schedule stepped once per epoch.  callbacks: see :class:`Callback`.
-    seed: fixes the shuffling order and reseeds the global host RNG (dropout).
+    seed: fixes the shuffling order, the validation split and the global host RNG (dropout), each
+        from its own stream (:func:`xpcnn.backend.seed_stream`).
     on_device: keep the whole data set on the backend's device and slice batches there.
     transform: host-side augmentation of each training batch (see :mod:`xpcnn.datasets.augment`).
     drop_last: skip the last, smaller batch of each epoch (batch norm cannot train on a batch of one).
@@ -222,14 +223,17 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
     """
     loss = loss or SoftmaxCrossEntropy()
     x, y = _as_xy(train)
+    def stream(purpose: str) -> np.random.Generator | None:
+        return None if seed is None else B.seed_stream(seed, purpose)
+
     if seed is not None:
-        B.seed(seed)
+        B.seed(stream("dropout"))
     if val_split is not None:
         if val is not None:
             raise ValueError("pass either val or val_split, not both")
-        x, y, xv, yv = train_val_split(x, y, val_split, rng=None if seed is None else seed + 1)
+        x, y, xv, yv = train_val_split(x, y, val_split, rng=stream("val_split"))
         val = (xv, yv)
-    loader = BatchIterator(x, y, batch_size, shuffle=True, rng=seed, on_device=on_device,
+    loader = BatchIterator(x, y, batch_size, shuffle=True, rng=stream("shuffle"), on_device=on_device,
                            x_dtype=_model_dtype(model), transform=transform, drop_last=drop_last)
     trainer = Trainer(model, optimizer, loss, loader, scheduler, extra)
     if resume is not None:
