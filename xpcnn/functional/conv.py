@@ -119,11 +119,17 @@ def im2col(x: Any, kernel_size: int | Pair, stride: int | Pair = 1, padding: int
     slice of the padded input, and stacks them.
     """
     check_rank(x, 4, "x", "(N, C, H, W)")
+    return _unfold(x, kernel_size, stride, padding, dilation)[0]
+
+
+def _unfold(x: Any, kernel_size: int | Pair, stride: int | Pair, padding: int | Pair,
+            dilation: int | Pair) -> tuple[Any, tuple[int, int]]:
+    """im2col without the argument checks; also returns ``(OH, OW)``."""
     xp = array_api_compat.array_namespace(x)
     k, s, p, d, (oh, ow) = _geometry(x.shape, kernel_size, stride, padding, dilation)
     N, C = x.shape[0], x.shape[1]
     col = stack_taps(pad2d(x, p), k, (oh, ow), s, d, axis=1)  # (N, KH*KW, C, OH, OW)
-    return xp.reshape(col, (N, k[0] * k[1] * C, oh * ow))
+    return xp.reshape(col, (N, k[0] * k[1] * C, oh * ow)), (oh, ow)
 
 
 def col2im(col: Any, x_shape: tuple[int, int, int, int], kernel_size: int | Pair, stride: int | Pair = 1,
@@ -173,9 +179,7 @@ def conv2d_forward(x: Any, W: Any, b: Any | None = None, stride: int | Pair = 1,
     xp = _check_conv_args(x, W, b)
     N, F = x.shape[0], W.shape[0]
     kernel = (W.shape[2], W.shape[3])
-    col = im2col(x, kernel, stride, padding, dilation)
-    oh, ow = conv_geometry(x.shape, kernel, pair(stride, "stride"), pair(padding, "padding"),
-                           pair(dilation, "dilation"))
+    col, (oh, ow) = _unfold(x, kernel, stride, padding, dilation)
     y = xp.matmul(_weights_as_matrix(xp, W), col)  # (F, K) @ (N, K, L) -> (N, F, L)
     if b is not None:
         y += xp.reshape(b, (F, 1))
