@@ -11,7 +11,7 @@ from typing import Any
 
 import array_api_compat
 
-from ._checks import check_floating, namespace
+from ..checks import check_floating, namespace
 
 __all__ = [
     "leaky_relu",

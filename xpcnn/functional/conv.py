@@ -24,7 +24,7 @@ from typing import Any
 
 import array_api_compat
 
-from ._checks import (
+from ..checks import (
     Pair,
     check_floating,
     check_rank,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._checks import check_floating, check_rank, check_same_dtype, namespace
+from ..checks import check_floating, check_rank, check_same_dtype, namespace
 
 __all__ = ["dense", "dense_backward"]
 

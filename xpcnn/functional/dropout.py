@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import dtype_name, to_device_like
-from ._checks import check_floating, namespace
+from ..checks import check_floating, namespace
 
 __all__ = ["dropout_backward", "dropout_forward", "dropout_mask"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import array_api_compat
 
-from ._checks import check_floating, check_rank, check_same_dtype, namespace
+from ..checks import check_floating, check_rank, check_same_dtype, namespace
 from .activation import log_softmax
 
 __all__ = [

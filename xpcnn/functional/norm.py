@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._checks import check_floating, check_rank, check_same_dtype, namespace
+from ..checks import check_floating, check_rank, check_same_dtype, namespace
 
 __all__ = ["BatchNormCache", "batch_norm_backward", "batch_norm_forward"]
 

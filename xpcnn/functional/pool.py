@@ -17,7 +17,7 @@ from typing import Any
 
 import array_api_compat
 
-from ._checks import Pair, check_floating, check_rank, namespace, pair
+from ..checks import Pair, check_floating, check_rank, namespace, pair
 from .conv import conv_geometry, pad2d, scatter_add_taps, stack_taps, tap_slices
 
 __all__ = [

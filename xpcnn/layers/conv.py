@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..functional import conv as Fc
-from ..functional._checks import check_rank, pair
+from ..checks import check_rank, pair
 from .. import backend as B
 from .base import Layer, register
 

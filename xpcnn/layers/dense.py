@@ -8,7 +8,7 @@ from typing import Any
 import array_api_compat
 
 from ..functional.dense import dense, dense_backward
-from ..functional._checks import check_rank
+from ..checks import check_rank
 from .. import backend as B
 from .base import Layer, register
 

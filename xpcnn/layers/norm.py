@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..functional import norm as Fn
-from ..functional._checks import check_rank
+from ..checks import check_rank
 from .. import backend as B
 from .base import Layer, register
 

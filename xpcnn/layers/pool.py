@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..functional import pool as Fp
-from ..functional._checks import check_rank, pair
+from ..checks import check_rank, pair
 from .base import Layer, register
 
 

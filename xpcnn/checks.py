@@ -1,11 +1,15 @@
-"""Shared argument checks for the functional ops: namespace, device, rank, dtype, geometry.
+"""Argument checks shared by the functional ops, the layers, the optimizers and the command line.
 
-Every error names what was expected and what was received.
+Arrays: namespace, device, rank, dtype, geometry.  Numbers: real, positive, in an interval, integer.
+Every error names what was expected and what was received.  Public ops and layers validate once per
+call; the kernels they dispatch to do not validate again.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import math
 
 import array_api_compat
 
@@ -72,3 +76,52 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
                          f"kernel extent {span}) = {padded - span} is not divisible by stride {stride}; "
                          "change the padding or the stride")
     return (padded - span) // stride + 1
+
+
+def real(name: str, value: Any) -> float:
+    """``value`` as a finite Python float (never a NumPy scalar), or ValueError naming it."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a real number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return out
+
+
+def positive(name: str, value: Any) -> float:
+    """A finite float ``> 0``."""
+    out = real(name, value)
+    if not out > 0.0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return out
+
+
+def non_negative(name: str, value: Any) -> float:
+    """A finite float ``>= 0``."""
+    out = real(name, value)
+    if not out >= 0.0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return out
+
+
+def unit_interval(name: str, value: Any, *, allow_zero: bool = True) -> float:
+    """A coefficient in ``[0, 1)`` (or ``(0, 1)`` when ``allow_zero`` is false)."""
+    out = real(name, value)
+    low_ok = out >= 0.0 if allow_zero else out > 0.0
+    if not (low_ok and out < 1.0):
+        interval = "[0, 1)" if allow_zero else "(0, 1)"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return out
+
+
+def integer(name: str, value: Any, *, minimum: int | None = None) -> int:
+    """An integer (Python or NumPy, never a bool or a float) ``>= minimum``."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or isinstance(value, float):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    out = int(value.__index__())
+    if minimum is not None and out < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return out
