@@ -22,7 +22,7 @@ def cuda_present() -> bool:
     if importlib.util.find_spec("cupy") is None:
         return False
     try:
-        B._resolve("cupy")
+        B.resolve("cupy")
     except B.BackendError:
         return False
     return True

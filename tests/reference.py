@@ -23,12 +23,16 @@ def _pair(v):
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
-def out_len(size, kernel, stride, padding, dilation=1):
-    """Output length if the windows tile the padded input exactly, else None."""
+def out_len(size, kernel, stride, padding, dilation=1, ceil_mode=False):
+    """PyTorch's output length (floor, or ceil where the last window starts inside the input or the
+    left padding); None when it would be empty."""
     span = dilation * (kernel - 1) + 1
-    if size + 2 * padding < span or (size + 2 * padding - span) % stride:
+    if size + 2 * padding < span:
         return None
-    return (size + 2 * padding - span) // stride + 1
+    n = -(-(size + 2 * padding - span) // stride) if ceil_mode else (size + 2 * padding - span) // stride
+    if ceil_mode and n * stride >= size + padding:
+        n -= 1
+    return n + 1
 
 
 def in_len(out, kernel, stride, padding, dilation=1):
@@ -36,11 +40,11 @@ def in_len(out, kernel, stride, padding, dilation=1):
     return stride * (out - 1) + dilation * (kernel - 1) + 1 - 2 * padding
 
 
-def _geometry(x_shape, kernel, stride, padding, dilation):
+def _geometry(x_shape, kernel, stride, padding, dilation, ceil_mode=False):
     (KH, KW), (sh, sw), (ph, pw), (dh, dw) = map(_pair, (kernel, stride, padding, dilation))
     H, W = x_shape[-2], x_shape[-1]
-    oh, ow = out_len(H, KH, sh, ph, dh), out_len(W, KW, sw, pw, dw)
-    assert oh is not None and ow is not None, "reference called with a non-tiling geometry"
+    oh, ow = out_len(H, KH, sh, ph, dh, ceil_mode), out_len(W, KW, sw, pw, dw, ceil_mode)
+    assert oh is not None and ow is not None, "reference called with an empty output"
     return KH, KW, sh, sw, ph, pw, dh, dw, oh, ow
 
 
@@ -133,17 +137,24 @@ def col2im(col, x_shape, kernel, stride=1, padding=0, dilation=1):
 
 # ----------------------------------------------------------------------------- pooling
 
-def _pool_args(x_shape, kernel, stride, padding):
+def _pool_args(x_shape, kernel, stride, padding, ceil_mode=False):
     kernel = _pair(kernel)
     stride = kernel if stride is None else _pair(stride)
-    return _geometry(x_shape, kernel, stride, padding, 1)
+    return _geometry(x_shape, kernel, stride, padding, 1, ceil_mode)
 
 
-def max_pool2d(x, kernel, stride=None, padding=0):
+def _avg_divisor(r, q, H, W, KH, KW, sh, sw, ph, pw):
+    """PyTorch's count_include_pad divisor: the window's part inside the padded input (KH*KW unless a
+    ceil_mode window hangs past the right/bottom padding)."""
+    h0, w0 = r * sh - ph, q * sw - pw
+    return (min(h0 + KH, H + ph) - h0) * (min(w0 + KW, W + pw) - w0)
+
+
+def max_pool2d(x, kernel, stride=None, padding=0, ceil_mode=False):
     """Returns ``(y, where)``: the window maxima and, per output, the ``(h, w)`` of the first maximum."""
     x = np.asarray(x, dtype=np.float64)
     N, C, H, W = x.shape
-    KH, KW, sh, sw, ph, pw, dh, dw, oh, ow = _pool_args(x.shape, kernel, stride, padding)
+    KH, KW, sh, sw, ph, pw, dh, dw, oh, ow = _pool_args(x.shape, kernel, stride, padding, ceil_mode)
     y = np.full((N, C, oh, ow), -math.inf)
     where = np.full((N, C, oh, ow, 2), -1, dtype=np.int64)
     for n in range(N):
@@ -156,11 +167,11 @@ def max_pool2d(x, kernel, stride=None, padding=0):
     return y, where
 
 
-def max_pool2d_backward(x, dout, kernel, stride=None, padding=0):
+def max_pool2d_backward(x, dout, kernel, stride=None, padding=0, ceil_mode=False):
     """``dx``: each window's ``dout`` added at its first maximum (row-major within the window)."""
     x = np.asarray(x, dtype=np.float64)
     dout = np.asarray(dout, dtype=np.float64)
-    _, where = max_pool2d(x, kernel, stride, padding)
+    _, where = max_pool2d(x, kernel, stride, padding, ceil_mode)
     assert dout.shape == where.shape[:4]
     dx = np.zeros_like(x)
     for n, c, r, q in np.ndindex(*dout.shape):
@@ -170,32 +181,32 @@ def max_pool2d_backward(x, dout, kernel, stride=None, padding=0):
     return dx
 
 
-def avg_pool2d(x, kernel, stride=None, padding=0):
+def avg_pool2d(x, kernel, stride=None, padding=0, ceil_mode=False):
     """``y = (sum of the window's real elements) / (KH*KW)``: padded zeros count in the mean."""
     x = np.asarray(x, dtype=np.float64)
     N, C, H, W = x.shape
-    KH, KW, sh, sw, ph, pw, dh, dw, oh, ow = _pool_args(x.shape, kernel, stride, padding)
+    KH, KW, sh, sw, ph, pw, dh, dw, oh, ow = _pool_args(x.shape, kernel, stride, padding, ceil_mode)
     y = np.zeros((N, C, oh, ow))
     for n in range(N):
         for c in range(C):
             for r, q, i, j, h, w, inside in _windows(H, W, KH, KW, sh, sw, ph, pw, dh, dw, oh, ow):
                 if inside:
-                    y[n, c, r, q] += x[n, c, h, w]
-    return y / (KH * KW)
+                    y[n, c, r, q] += x[n, c, h, w] / _avg_divisor(r, q, H, W, KH, KW, sh, sw, ph, pw)
+    return y
 
 
-def avg_pool2d_backward(x_shape, dout, kernel, stride=None, padding=0):
+def avg_pool2d_backward(x_shape, dout, kernel, stride=None, padding=0, ceil_mode=False):
     """``dx[h, w] = sum over the windows containing (h, w) of dout / (KH*KW)``."""
     dout = np.asarray(dout, dtype=np.float64)
     N, C, H, W = x_shape
-    KH, KW, sh, sw, ph, pw, dh, dw, oh, ow = _pool_args(x_shape, kernel, stride, padding)
+    KH, KW, sh, sw, ph, pw, dh, dw, oh, ow = _pool_args(x_shape, kernel, stride, padding, ceil_mode)
     assert dout.shape == (N, C, oh, ow)
     dx = np.zeros((N, C, H, W))
     for n in range(N):
         for c in range(C):
             for r, q, i, j, h, w, inside in _windows(H, W, KH, KW, sh, sw, ph, pw, dh, dw, oh, ow):
                 if inside:
-                    dx[n, c, h, w] += dout[n, c, r, q] / (KH * KW)
+                    dx[n, c, h, w] += dout[n, c, r, q] / _avg_divisor(r, q, H, W, KH, KW, sh, sw, ph, pw)
     return dx
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from xpcnn import backend as B
 from xpcnn import functional as F
-from xpcnn.gradcheck import gradcheck
+from xpcnn.gradient_check import gradcheck
 
 ALPHA = 0.07
 

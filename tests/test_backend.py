@@ -146,7 +146,7 @@ def test_using_restores_on_exception_and_nests(clean_switch):
 
 
 def test_using_accepts_a_backend_object(clean_switch):
-    strict = B._resolve("array_api_strict")
+    strict = B.resolve("array_api_strict")
     with B.using(strict) as be:
         assert be is strict and B.get_backend() is strict
 
@@ -205,7 +205,7 @@ class _FakeCupyOneDevice:
 def test_cupy_installed_but_no_device_raises(clean_switch):
     clean_switch.setitem(__import__("sys").modules, "cupy", _FakeCupyNoDevice)
     with pytest.raises(B.BackendError) as info:
-        B._resolve.__wrapped__("cupy")  # bypass the cache (a real CuPy may already be resolved on a GPU box)
+        B.resolve.__wrapped__("cupy")  # bypass the cache (a real CuPy may already be resolved on a GPU box)
     message = str(info.value)
     assert "needs a CUDA GPU" in message and "cudaErrorNoDevice" in message and "xpcnn[cuda12]" in message
 
@@ -213,7 +213,7 @@ def test_cupy_installed_but_no_device_raises(clean_switch):
 def test_cupy_device_index_out_of_range(clean_switch):
     clean_switch.setitem(__import__("sys").modules, "cupy", _FakeCupyOneDevice)
     with pytest.raises(B.BackendError, match=r"CUDA device 3 requested, but 1 device\(s\) are visible"):
-        B._resolve.__wrapped__("cupy:3")
+        B.resolve.__wrapped__("cupy:3")
 
 
 def test_torch_cuda_without_cuda_raises(clean_switch):

@@ -7,7 +7,7 @@ import pytest
 
 from xpcnn import backend as B
 from xpcnn import functional as F
-from xpcnn.gradcheck import gradcheck
+from xpcnn.gradient_check import gradcheck
 from xpcnn.layers import Dense
 
 TOL = {"float32": dict(rtol=2e-5, atol=2e-6), "float64": dict(rtol=1e-12, atol=1e-13)}
@@ -49,7 +49,7 @@ def test_backward_formulas(backend, rng, dtype, need_dx):
     x_h, W_h, d_h = rng.standard_normal((n, d_in)), rng.standard_normal((d_in, d_out)), rng.standard_normal((n, d_out))
     x, W, dout = (B.asarray(h, dtype=dtype) for h in (x_h, W_h, d_h))
     before = B.to_numpy(dout).copy()
-    dx, dW, db = F.dense_backward(dout, x, W, need_dx=need_dx)
+    dx, dW, db = F.dense_backward(dout, (x, W), need_dx=need_dx)
     xq, Wq, dq = _q(x_h, dtype), _q(W_h, dtype), _q(d_h, dtype)
     assert tuple(dW.shape) == (d_in, d_out) and dW.dtype == getattr(backend.xp, dtype)
     assert tuple(db.shape) == (d_out,) and db.dtype == getattr(backend.xp, dtype)
@@ -67,7 +67,7 @@ def test_gradcheck(backend, rng):
     x, W, b = (B.asarray(rng.standard_normal(s), dtype="float64") for s in ((3, 4), (4, 5), (5,)))
 
     def f(x, W, b):
-        return F.dense(x, W, b), lambda dout: F.dense_backward(dout, x, W)
+        return F.dense(x, W, b), lambda dout: F.dense_backward(dout, (x, W))
 
     result = gradcheck(f, [x, W, b])
     assert result.ok and len(result.max_abs_error) == 3
@@ -118,7 +118,6 @@ def test_errors(backend, rng):
         F.dense(x, B.asarray(rng.standard_normal((4, 2)), dtype="float64"),
                 B.asarray(np.zeros(2), dtype="float32"))
     with pytest.raises(ValueError, match=r"dout must have shape \(3, 2\)"):
-        F.dense_backward(B.asarray(np.ones((3, 3)), dtype="float64"), x,
-                         B.asarray(rng.standard_normal((4, 2)), dtype="float64"))
+        F.dense_backward(B.asarray(np.ones((3, 3)), dtype="float64"), (x, B.asarray(rng.standard_normal((4, 2)), dtype="float64")))
     with pytest.raises(ValueError, match="Flatten"):
         Dense(4, 2, dtype="float64").forward(B.asarray(np.ones((2, 2, 2)), dtype="float64"))

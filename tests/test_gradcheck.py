@@ -9,7 +9,7 @@ import pytest
 
 from xpcnn import backend as B
 from xpcnn import functional as F
-from xpcnn.gradcheck import GradcheckError, gradcheck, numerical_grad
+from xpcnn.gradient_check import GradcheckError, gradcheck, numerical_grad
 from xpcnn.layers import Dense, Layer
 
 
@@ -29,7 +29,7 @@ class ScaledDense(Layer):
 
     def backward(self, dout):
         self._require_forward(self._x)
-        dx, dW, db = F.dense_backward(dout, self._x, self.params["W"])
+        dx, dW, db = F.dense_backward(dout, (self._x, self.params["W"]))
         dx, dW = dx * self.dx_factor, dW * self.dW_factor
         if self.dx_poke is not None:
             dx = dx + _poke(dx, self.dx_poke)

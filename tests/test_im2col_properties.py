@@ -54,9 +54,9 @@ def args(g):
 
 
 def formula(size, k, s, p, d):
-    """The documented output length, or None when it is not a positive integer."""
+    """The documented output length ``floor((H + 2P - D(K-1) - 1) / S) + 1`` (PyTorch's), or None when empty."""
     num = size + 2 * p - d * (k - 1) - 1
-    if num < 0 or num % s != 0:
+    if num < 0:
         return None
     return num // s + 1
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from xpcnn import backend as B
-from xpcnn.gradcheck import gradcheck
+from xpcnn.gradient_check import gradcheck
 from xpcnn.layers import (LAYER_TYPES, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                           LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh)
 

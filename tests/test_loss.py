@@ -12,7 +12,7 @@ import pytest
 
 from xpcnn import backend as B
 from xpcnn import functional as F
-from xpcnn.gradcheck import gradcheck
+from xpcnn.gradient_check import gradcheck
 
 TOL = {"float32": dict(rtol=2e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-13)}
 

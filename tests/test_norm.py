@@ -12,7 +12,7 @@ import pytest
 
 from xpcnn import backend as B
 from xpcnn import functional as F
-from xpcnn.gradcheck import gradcheck
+from xpcnn.gradient_check import gradcheck
 from xpcnn.layers import BatchNorm1D, BatchNorm2D
 
 EPS = 1e-5
@@ -72,15 +72,16 @@ def test_train_forward_and_running_update(backend, rng, dtype, shape):
     hosts = [h.astype(dtype).astype(np.float64) for h in hosts]
     x, g, b, rm, rv = _put(dtype, *hosts)
     momentum = 0.3
-    y, cache, new_rm, new_rv = F.batch_norm_forward(x, g, b, rm, rv, True, momentum, EPS)
+    (y, cache), new_rm, new_rv = F.batch_norm_forward(x, g, b, rm, rv, True, momentum, EPS), rm, rv
     ey, erm, erv = _np_train(*hosts, momentum)
     for arr, exp in ((y, ey), (new_rm, erm), (new_rv, erv)):
         assert tuple(arr.shape) == exp.shape and arr.dtype == getattr(backend.xp, dtype)
         np.testing.assert_allclose(B.to_numpy(arr), exp, **TOL[dtype])
     assert cache.train is True
-    # inputs untouched (running statistics come back as new arrays)
-    np.testing.assert_array_equal(B.to_numpy(rm), hosts[3])
-    np.testing.assert_array_equal(B.to_numpy(rv), hosts[4])
+    # the other inputs are untouched; the running statistics are updated in place (as torch's batch_norm does)
+    for arr, host in ((x, hosts[0]), (g, hosts[1]), (b, hosts[2])):
+        np.testing.assert_array_equal(B.to_numpy(arr), host)
+    assert not np.allclose(B.to_numpy(rm), hosts[3]) and not np.allclose(B.to_numpy(rv), hosts[4])
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -101,7 +102,7 @@ def test_train_output_statistics(backend, rng, shape):
 def test_eval_forward_uses_running_statistics(backend, rng, dtype, shape):
     hosts = [h.astype(dtype).astype(np.float64) for h in _random_state(rng, shape)]
     x, g, b, rm, rv = _put(dtype, *hosts)
-    y, cache, new_rm, new_rv = F.batch_norm_forward(x, g, b, rm, rv, False)
+    (y, cache), new_rm, new_rv = F.batch_norm_forward(x, g, b, rm, rv, False), rm, rv
     assert tuple(y.shape) == shape and y.dtype == getattr(backend.xp, dtype)
     np.testing.assert_allclose(B.to_numpy(y), _np_eval(*hosts), **TOL[dtype])
     np.testing.assert_array_equal(B.to_numpy(new_rm), hosts[3])
@@ -115,7 +116,7 @@ def test_functional_gradcheck(backend, rng, shape, train):
     x, g, b, rm, rv = _put("float64", *_random_state(rng, shape))
 
     def f(x, g, b):
-        y, cache, _, _ = F.batch_norm_forward(x, g, b, rm, rv, train)
+        (y, cache), _, _ = F.batch_norm_forward(x, g, b, rm, rv, train), rm, rv
         return y, lambda dout: F.batch_norm_backward(dout, cache)
 
     result = gradcheck(f, [x, g, b])
@@ -126,7 +127,7 @@ def test_functional_gradcheck(backend, rng, shape, train):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_backward_shapes_dtypes_and_dout_untouched(backend, rng, dtype, shape):
     x, g, b, rm, rv = _put(dtype, *_random_state(rng, shape))
-    y, cache, _, _ = F.batch_norm_forward(x, g, b, rm, rv, True)
+    (y, cache), _, _ = F.batch_norm_forward(x, g, b, rm, rv, True), rm, rv
     dout = B.asarray(rng.standard_normal(shape), dtype=dtype)
     before = B.to_numpy(dout).copy()
     dx, dg, db = F.batch_norm_backward(dout, cache)
@@ -147,7 +148,7 @@ def test_against_torch_batch_norm(rng, shape):
     dout_h = rng.standard_normal(shape)
     with B.using("numpy"):
         x, g, b, rm, rv = _put("float64", x_h, g_h, b_h, rm_h, rv_h)
-        y, cache, nrm, nrv = F.batch_norm_forward(x, g, b, rm, rv, True, 0.1, EPS)
+        (y, cache), nrm, nrv = F.batch_norm_forward(x, g, b, rm, rv, True, 0.1, EPS), rm, rv
         dx, dg, db = F.batch_norm_backward(B.asarray(dout_h, dtype="float64"), cache)
     xt = torch.tensor(x_h, requires_grad=True)
     gt, bt = torch.tensor(g_h, requires_grad=True), torch.tensor(b_h, requires_grad=True)
@@ -245,7 +246,7 @@ def test_layer_backward_matches_eval_formula(backend, rng, cls, shape):
     g, b = layer.params["gamma"], layer.params["beta"]
     x = B.asarray(rng.standard_normal(shape), dtype="float64")
     dout_h = rng.standard_normal(shape)
-    _, cache, _, _ = F.batch_norm_forward(x, g, b, rm, rv, False, layer.momentum, layer.eps)
+    (_, cache), _, _ = F.batch_norm_forward(x, g, b, rm, rv, False, layer.momentum, layer.eps), rm, rv
     dx, dg, db = F.batch_norm_backward(B.asarray(dout_h, dtype="float64"), cache)
     scale = B.to_numpy(g) / np.sqrt(B.to_numpy(rv) + EPS)
     np.testing.assert_allclose(B.to_numpy(dx), dout_h * scale.reshape(_bshape(shape)), rtol=1e-12)

@@ -16,6 +16,7 @@ from xpcnn import backend as B
 from xpcnn.functional import pool as Fp
 from xpcnn.layers import AvgPool2D, MaxPool2D
 
+from helpers import avg_cache
 try:
     from . import reference as R
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
@@ -78,15 +79,15 @@ def check_array(be, got, want, dtype, what, tol=None):
 def test_max_pool_matches_loop_reference(backend, case, dtype, kind, rng):
     x = values(kind, case["x"], rng, dtype)
     want_y, _ = R.max_pool2d(x, *geom(case))
-    y, argmax = Fp.max_pool2d_forward(B.asarray(x), *geom(case))
+    y, cache = Fp.max_pool2d_forward(B.asarray(x), *geom(case))
     check_array(backend, y, want_y, dtype, "y", tol=0.0)  # a max is exact
-    assert tuple(argmax.shape) == want_y.shape
-    assert backend.xp.isdtype(argmax.dtype, "integral")
+    assert tuple(cache.argmax.shape) == want_y.shape
+    assert backend.xp.isdtype(cache.argmax.dtype, "integral")
     check_array(backend, Fp.max_pool2d(B.asarray(x), *geom(case)), want_y, dtype, "max_pool2d", tol=0.0)
 
     dout = rng.standard_normal(want_y.shape).astype(dtype)
     want_dx = R.max_pool2d_backward(x, dout, *geom(case))
-    dx = Fp.max_pool2d_backward(B.asarray(dout), argmax, case["x"], *geom(case))
+    dx = Fp.max_pool2d_backward(B.asarray(dout), cache)
     check_array(backend, dx, want_dx, dtype, "dx")
 
 
@@ -96,8 +97,8 @@ def test_max_pool_tie_gradient_goes_to_first_maximum(backend):
     x[0, 0, 2:, :2] = 7.0  # bottom-left window: constant 7; others constant 0
     x[0, 0, :2, 2:] = [[1.0, 3.0], [3.0, 3.0]]  # top-right window: max 3 first at (0, 3)
     dout = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
-    y, argmax = Fp.max_pool2d_forward(B.asarray(x), 2)
-    dx = B.to_numpy(Fp.max_pool2d_backward(B.asarray(dout), argmax, x.shape, 2))
+    y, cache = Fp.max_pool2d_forward(B.asarray(x), 2)
+    dx = B.to_numpy(Fp.max_pool2d_backward(B.asarray(dout), cache))
     want = np.zeros_like(x)
     want[0, 0, 0, 0] = dout[0, 0, 0, 0]
     want[0, 0, 0, 3] = dout[0, 0, 0, 1]
@@ -105,7 +106,7 @@ def test_max_pool_tie_gradient_goes_to_first_maximum(backend):
     want[0, 0, 2, 2] = dout[0, 0, 1, 1]
     np.testing.assert_array_equal(dx, want)
     np.testing.assert_array_equal(B.to_numpy(y), [[[[0.0, 3.0], [7.0, 0.0]]]])
-    np.testing.assert_array_equal(B.to_numpy(argmax), [[[[0, 1], [0, 0]]]])
+    np.testing.assert_array_equal(B.to_numpy(cache.argmax), [[[[0, 1], [0, 0]]]])
 
 
 def test_max_pool_pads_with_minus_infinity(backend):
@@ -124,8 +125,8 @@ def test_max_pool_gradcheck_distinct_values(backend, case, rng):
     x = values("distinct", case["x"], rng, "float64")[:1]
 
     def f(xs):
-        y, argmax = Fp.max_pool2d_forward(xs, *geom(case))
-        return y, lambda dout: Fp.max_pool2d_backward(dout, argmax, tuple(xs.shape), *geom(case))
+        y, cache = Fp.max_pool2d_forward(xs, *geom(case))
+        return y, lambda dout: Fp.max_pool2d_backward(dout, cache)
 
     assert xpcnn.gradcheck(f, [B.asarray(x)]).ok
 
@@ -141,7 +142,7 @@ def test_avg_pool_matches_loop_reference(backend, case, dtype, rng):
     check_array(backend, y, want_y, dtype, "y")
     dout = rng.standard_normal(want_y.shape).astype(dtype)
     want_dx = R.avg_pool2d_backward(case["x"], dout, *geom(case))
-    dx = Fp.avg_pool2d_backward(B.asarray(dout), case["x"], *geom(case))
+    dx = Fp.avg_pool2d_backward(B.asarray(dout), avg_cache(case["x"], *geom(case)))
     check_array(backend, dx, want_dx, dtype, "dx")
 
 
@@ -166,19 +167,18 @@ def test_avg_pool_gradcheck(backend, case, rng):
     x = values("normal", case["x"], rng, "float64")[:1]
 
     def f(xs):
-        return Fp.avg_pool2d(xs, *geom(case)), lambda dout: Fp.avg_pool2d_backward(dout, tuple(xs.shape),
-                                                                                 *geom(case))
+        return Fp.avg_pool2d(xs, *geom(case)), lambda dout: Fp.avg_pool2d_backward(dout, avg_cache(tuple(xs.shape), *geom(case)))
 
     assert xpcnn.gradcheck(f, [B.asarray(x)]).ok
 
 
 def test_pool_empty_batch(backend):
     x = B.asarray(np.zeros((0, 2, 5, 5)))
-    y, argmax = Fp.max_pool2d_forward(x, 3, 1, 1)
-    assert tuple(y.shape) == (0, 2, 5, 5) and tuple(argmax.shape) == (0, 2, 5, 5)
-    assert tuple(Fp.max_pool2d_backward(y, argmax, (0, 2, 5, 5), 3, 1, 1).shape) == (0, 2, 5, 5)
+    y, cache = Fp.max_pool2d_forward(x, 3, 1, 1)
+    assert tuple(y.shape) == (0, 2, 5, 5) and tuple(cache.argmax.shape) == (0, 2, 5, 5)
+    assert tuple(Fp.max_pool2d_backward(y, cache).shape) == (0, 2, 5, 5)
     assert tuple(Fp.avg_pool2d(x, 3, 1, 1).shape) == (0, 2, 5, 5)
-    assert tuple(Fp.avg_pool2d_backward(y, (0, 2, 5, 5), 3, 1, 1).shape) == (0, 2, 5, 5)
+    assert tuple(Fp.avg_pool2d_backward(y, avg_cache((0, 2, 5, 5), 3, 1, 1)).shape) == (0, 2, 5, 5)
 
 
 # ----------------------------------------------------------------------------- layers
@@ -193,17 +193,17 @@ def test_pool_layers_match_functional(backend, case, dtype, rng):
                        (AvgPool2D(k, s, p), lambda a: (Fp.avg_pool2d(a, k, s, p), None))):
         assert layer.params == {} and layer.grads == {}
         y = layer.forward(x, train=True)
-        want_y, argmax = fwd(x)
+        want_y, cache = fwd(x)
         check_array(backend, y, B.to_numpy(want_y), dtype, f"{type(layer).__name__} y", tol=0.0)
         assert layer.output_shape(case["x"]) == tuple(y.shape)
         dout_host = rng.standard_normal(tuple(y.shape)).astype(dtype)
         dout = B.asarray(dout_host)
         dx = layer.backward(dout)
-        if argmax is None:
-            want_dx = Fp.avg_pool2d_backward(dout, case["x"], k, s, p)
+        if cache is None:
+            want_dx = Fp.avg_pool2d_backward(dout, avg_cache(case["x"], k, s, p))
             ref_dx = R.avg_pool2d_backward(case["x"], dout_host, k, s, p)
         else:
-            want_dx = Fp.max_pool2d_backward(dout, argmax, case["x"], k, s, p)
+            want_dx = Fp.max_pool2d_backward(dout, cache)
             ref_dx = R.max_pool2d_backward(x_host, dout_host, k, s, p)
         check_array(backend, dx, B.to_numpy(want_dx), dtype, f"{type(layer).__name__} dx", tol=0.0)
         R.assert_close(B.to_numpy(dx), ref_dx, dtype, what=f"{type(layer).__name__} dx vs loop")
@@ -244,10 +244,10 @@ def test_pool_ops_equal_numpy_lane(backend, case, dtype, rng):
 
     def run(be):
         xs = B.asarray(x, backend=be)
-        y, argmax = Fp.max_pool2d_forward(xs, k, s, p)
+        y, cache = Fp.max_pool2d_forward(xs, k, s, p)
         dout = B.asarray(np.sin(np.arange(np.prod(y.shape))).reshape(tuple(y.shape)).astype(dtype), backend=be)
-        return {"max y": y, "max dx": Fp.max_pool2d_backward(dout, argmax, case["x"], k, s, p),
-                "avg y": Fp.avg_pool2d(xs, k, s, p), "avg dx": Fp.avg_pool2d_backward(dout, case["x"], k, s, p)}
+        return {"max y": y, "max dx": Fp.max_pool2d_backward(dout, cache),
+                "avg y": Fp.avg_pool2d(xs, k, s, p), "avg dx": Fp.avg_pool2d_backward(dout, avg_cache(case["x"], k, s, p))}
 
     ref = {name: B.to_numpy(v) for name, v in run("numpy").items()}
     for name, value in run(backend).items():
@@ -263,9 +263,6 @@ def test_pool_rejects_bad_input(backend, op):
     with pytest.raises(ValueError, match=r"x must be \(N, C, H, W\) \(4-D\), got shape \(3, 4, 4\) \(3-D\)"):
         pool(B.asarray(np.zeros((3, 4, 4))), 2)
     x = B.asarray(np.zeros((1, 1, 5, 4)))
-    with pytest.raises(ValueError, match=r"non-integer output size along height: \(input 5 .* = 3 is not "
-                                         r"divisible by stride 2"):
-        pool(x, 2)
     with pytest.raises(ValueError, match=r"pooling padding must be at most half the kernel: kernel \(3, 3\), "
                                          r"got padding \(2, 2\)"):
         pool(x, 3, 1, 2)
@@ -282,19 +279,67 @@ def test_pool_rejects_bad_input(backend, op):
 
 def test_pool_backward_rejects_wrong_dout_shape(backend):
     x = B.asarray(np.zeros((2, 3, 4, 4)))
-    y, argmax = Fp.max_pool2d_forward(x, 2)
+    y, cache = Fp.max_pool2d_forward(x, 2)
     bad = B.asarray(np.zeros((2, 3, 2, 3)))
     pattern = r"dout must have the forward output's shape \(2, 3, 2, 2\), got \(2, 3, 2, 3\)"
     with pytest.raises(ValueError, match=pattern):
-        Fp.max_pool2d_backward(bad, argmax, (2, 3, 4, 4), 2)
+        Fp.max_pool2d_backward(bad, cache)
     with pytest.raises(ValueError, match=pattern):
-        Fp.avg_pool2d_backward(bad, (2, 3, 4, 4), 2)
+        Fp.avg_pool2d_backward(bad, avg_cache((2, 3, 4, 4), 2))
 
 
 def test_max_pool_backward_rejects_mixed_backends():
     torch = pytest.importorskip("torch")
     x = np.zeros((1, 1, 4, 4))
-    _, argmax = Fp.max_pool2d_forward(x, 2)
+    _, cache = Fp.max_pool2d_forward(x, 2)
     dout = torch.zeros((1, 1, 2, 2), dtype=torch.float64)
     with pytest.raises(TypeError, match=r"different backends cannot be mixed: got numpy\.ndarray, torch\.Tensor"):
-        Fp.max_pool2d_backward(dout, argmax, (1, 1, 4, 4), 2)
+        Fp.max_pool2d_backward(dout, cache)
+
+
+# ----------------------------------------------------------------------------- PyTorch output sizes
+
+FLOOR_CASES = [  # (x shape, kernel, stride, padding): windows that do not tile the input
+    ((2, 2, 7, 7), 2, None, 0),      # MaxPool2D(2) on 7x7 -> 3x3
+    ((1, 3, 5, 4), 2, None, 0),
+    ((1, 2, 8, 9), 3, 2, 1),
+    ((2, 1, 6, 7), (3, 2), (2, 3), (1, 0)),
+]
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("x_shape, kernel, stride, padding", FLOOR_CASES)
+def test_pool_floor_and_ceil_mode_match_loop_reference(backend, x_shape, kernel, stride, padding, ceil_mode, rng):
+    """Output sizes by PyTorch's rules, values and gradients against the loop reference; the rows and columns
+    no window reaches get a zero gradient."""
+    x = values("ties", x_shape, rng, "float64")
+    k = R._pair(kernel)
+    s = k if stride is None else R._pair(stride)
+    p = R._pair(padding)
+    want_out = tuple(R.out_len(x_shape[2 + a], k[a], s[a], p[a], 1, ceil_mode) for a in range(2))
+    for name, fwd, bwd, ref, ref_bwd in (
+            ("max", Fp.max_pool2d_forward, Fp.max_pool2d_backward, lambda: R.max_pool2d(x, kernel, stride, padding,
+                                                                                         ceil_mode)[0],
+             lambda d: R.max_pool2d_backward(x, d, kernel, stride, padding, ceil_mode)),
+            ("avg", Fp.avg_pool2d_forward, Fp.avg_pool2d_backward, lambda: R.avg_pool2d(x, kernel, stride, padding,
+                                                                                         ceil_mode),
+             lambda d: R.avg_pool2d_backward(x_shape, d, kernel, stride, padding, ceil_mode))):
+        y, cache = fwd(B.asarray(x), kernel, stride, padding, ceil_mode)
+        assert tuple(y.shape) == (*x_shape[:2], *want_out), name
+        check_array(backend, y, ref(), "float64", f"{name} y")
+        dout = rng.standard_normal(tuple(y.shape))
+        dx = bwd(B.asarray(dout), cache)
+        check_array(backend, dx, ref_bwd(dout), "float64", f"{name} dx")
+
+
+def test_pool_ceil_mode_layers_and_sizes(backend):
+    """ceil_mode keeps the partial last window unless it would start in the right padding (PyTorch's rule)."""
+    x = B.asarray(np.zeros((1, 1, 7, 7)), dtype="float32")
+    assert tuple(MaxPool2D(2)(x).shape) == (1, 1, 3, 3)
+    assert tuple(MaxPool2D(2, ceil_mode=True)(x).shape) == (1, 1, 4, 4)
+    assert tuple(AvgPool2D(3, 2, 1, ceil_mode=True)(x).shape) == (1, 1, 4, 4)
+    # 5 + 2*1 - 2 = 5, /3 -> ceil 2 (+1 = 3), but the 3rd window would start at 2*3 = 6 = H + P: dropped
+    assert tuple(AvgPool2D(2, 3, 1, ceil_mode=True)(B.asarray(np.zeros((1, 1, 5, 5)), dtype="float32")).shape) \
+        == (1, 1, 2, 2)
+    assert MaxPool2D(2, ceil_mode=True).config()["ceil_mode"] is True
+    assert "ceil_mode" not in MaxPool2D(2).config()

@@ -19,6 +19,7 @@ from xpcnn.functional import loss as Fl
 from xpcnn.functional import norm as Fn
 from xpcnn.functional import pool as Fp
 
+from helpers import avg_cache
 try:
     from . import reference as R
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
@@ -66,10 +67,10 @@ def test_conv2d_vs_torch(backend, xs, ws, stride, padding, dilation, dtype, bias
     dout = rng.standard_normal(tuple(yt.shape)).astype(dtype)
     (yt * tt(dout, dtype, grad=False)).sum().backward()
 
-    y, col = Fc.conv2d_forward(B.asarray(x), B.asarray(W), B.asarray(b) if bias else None, stride, padding,
+    y, cache = Fc.conv2d_forward(B.asarray(x), B.asarray(W), B.asarray(b) if bias else None, stride, padding,
                                dilation)
     check(backend, y, yt, dtype, "y")
-    dx, dW, db = Fc.conv2d_backward(B.asarray(dout), col, xs, B.asarray(W), stride, padding, dilation)
+    dx, dW, db = Fc.conv2d_backward(B.asarray(dout), cache)
     check(backend, dx, xt.grad, dtype, "dx")
     check(backend, dW, Wt.grad, dtype, "dW")
     if bias:
@@ -106,9 +107,9 @@ def test_max_pool2d_vs_torch(backend, xs, k, s, p, dtype, kind, rng):
     yt = TF.max_pool2d(xt, k, s, p)
     dout = rng.standard_normal(tuple(yt.shape)).astype(dtype)
     (yt * tt(dout, dtype, grad=False)).sum().backward()
-    y, argmax = Fp.max_pool2d_forward(B.asarray(x), k, s, p)
+    y, cache = Fp.max_pool2d_forward(B.asarray(x), k, s, p)
     check(backend, y, yt, dtype, "y", tol=0.0)
-    dx = Fp.max_pool2d_backward(B.asarray(dout), argmax, xs, k, s, p)
+    dx = Fp.max_pool2d_backward(B.asarray(dout), cache)
     check(backend, dx, xt.grad, dtype, "dx")
 
 
@@ -121,7 +122,7 @@ def test_avg_pool2d_vs_torch(backend, xs, k, s, p, dtype, rng):
     dout = rng.standard_normal(tuple(yt.shape)).astype(dtype)
     (yt * tt(dout, dtype, grad=False)).sum().backward()
     check(backend, Fp.avg_pool2d(B.asarray(x), k, s, p), yt, dtype, "y")
-    check(backend, Fp.avg_pool2d_backward(B.asarray(dout), xs, k, s, p), xt.grad, dtype, "dx")
+    check(backend, Fp.avg_pool2d_backward(B.asarray(dout), avg_cache(xs, k, s, p)), xt.grad, dtype, "dx")
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -145,9 +146,9 @@ def test_batch_norm_vs_torch(backend, xs, dtype, train, momentum, rng):
     dout = rng.standard_normal(xs).astype(dtype)
     (yt * tt(dout, dtype, grad=False)).sum().backward()
 
-    y, cache, new_mean, new_var = Fn.batch_norm_forward(B.asarray(x), B.asarray(gamma), B.asarray(beta),
-                                                        B.asarray(rmean), B.asarray(rvar), train,
-                                                        momentum=momentum, eps=eps)
+    new_mean, new_var = B.asarray(rmean), B.asarray(rvar)  # updated in place in train mode
+    y, cache = Fn.batch_norm_forward(B.asarray(x), B.asarray(gamma), B.asarray(beta), new_mean, new_var, train,
+                                     momentum=momentum, eps=eps)
     check(backend, y, yt, dtype, "y")
     check(backend, new_mean, rmt, dtype, "running_mean")
     check(backend, new_var, rvt, dtype, "running_var")

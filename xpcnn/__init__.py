@@ -5,12 +5,15 @@ Pick where arrays live with ``XPCNN_BACKEND=numpy|cupy|torch|array_api_strict``
 array namespace from their inputs.
 """
 
-from . import backend, functional, initializers, layers
+from . import backend, checks, functional, initializers, kernels, layers
 from .backend import asarray, get_backend, set_backend, to_numpy, using
-from .gradcheck import gradcheck
+from .gradient_check import gradcheck
 from .model import Sequential
+
+from . import checkpoint, datasets, models, optim, train  # noqa: E402,I001  (they import the above)
 
 __version__ = "0.1.0"
 
-__all__ = ["Sequential", "__version__", "asarray", "backend", "functional", "get_backend", "gradcheck",
-           "initializers", "layers", "set_backend", "to_numpy", "using"]
+__all__ = ["Sequential", "__version__", "asarray", "backend", "checkpoint", "checks", "datasets", "functional",
+           "get_backend", "gradcheck", "initializers", "kernels", "layers", "models", "optim", "set_backend",
+           "to_numpy", "train", "using"]

@@ -39,6 +39,7 @@ __all__ = [
     "get_backend",
     "host_rng",
     "parse_spec",
+    "resolve",
     "seed",
     "seed_stream",
     "set_backend",
@@ -106,7 +107,8 @@ def _import(name: str) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _resolve(spec: str) -> Backend:
+def resolve(spec: str) -> Backend:
+    """The :class:`Backend` for a spec such as ``"numpy"`` or ``"cupy:1"`` (cached); BackendError if unusable."""
     name, device = parse_spec(spec)
     if name == "numpy":
         return Backend("numpy", array_api_compat.array_namespace(np.empty(0)), "cpu", "numpy")
@@ -151,7 +153,7 @@ def get_backend() -> Backend:
     if spec is None:
         spec = _env_spec()
     try:
-        return _resolve(spec)
+        return resolve(spec)
     except BackendError as exc:
         source = "set_backend/using" if _explicit.get() is not None else f"${ENV_VAR}"
         raise BackendError(f"{exc} (backend chosen by {source})") from exc
@@ -163,7 +165,7 @@ def set_backend(spec: str | Backend | None) -> Backend:
         _explicit.set(None)
         return get_backend()
     spec = spec.spec if isinstance(spec, Backend) else spec
-    backend = _resolve(spec)  # validate before switching
+    backend = resolve(spec)  # validate before switching
     _explicit.set(spec)
     return backend
 
@@ -172,7 +174,7 @@ def set_backend(spec: str | Backend | None) -> Backend:
 def using(spec: str | Backend) -> Iterator[Backend]:
     """Temporarily switch the backend: ``with xpcnn.backend.using("torch"): ...``."""
     spec = spec.spec if isinstance(spec, Backend) else spec
-    backend = _resolve(spec)
+    backend = resolve(spec)
     token = _explicit.set(spec)
     try:
         yield backend
@@ -185,7 +187,7 @@ def available_backends() -> list[str]:
     names = []
     for name in KNOWN_BACKENDS:
         try:
-            _resolve(name)
+            resolve(name)
         except BackendError:
             continue
         names.append(name)
@@ -211,7 +213,7 @@ def asarray(host: Any, dtype: Any = None, backend: str | Backend | None = None) 
     ``dtype`` may be a name (``"float32"``), a NumPy dtype or a backend dtype;
     ``None`` keeps the host array's dtype.
     """
-    be = get_backend() if backend is None else (backend if isinstance(backend, Backend) else _resolve(backend))
+    be = get_backend() if backend is None else (backend if isinstance(backend, Backend) else resolve(backend))
     host = np.asarray(host)
     if dtype is not None:
         host = host.astype(np.dtype(dtype_name(dtype)), copy=False)
@@ -311,3 +313,6 @@ def host_rng(rng: np.random.Generator | int | None = None) -> np.random.Generato
     if rng is None:
         return _default_rng
     return np.random.default_rng(rng)
+
+
+_resolve = resolve  # the pre-0.2 private name, kept until every caller uses resolve

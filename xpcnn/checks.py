@@ -31,14 +31,22 @@ def namespace(*arrays: Any) -> Any:
     return xp
 
 
-def pair(value: int | tuple[int, int], name: str) -> Pair:
-    """``3 -> (3, 3)``; ``(3, 2) -> (3, 2)``; rejects anything else."""
+def pair(value: int | tuple[int, int], name: str, minimum: int | None = None) -> Pair:
+    """``3 -> (3, 3)``; ``(3, 2) -> (3, 2)``; rejects anything else, and values below ``minimum``.
+
+    >>> pair(3, "kernel_size"), pair((1, 2), "stride", minimum=1)
+    ((3, 3), (1, 2))
+    """
     if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
-    if (isinstance(value, (tuple, list)) and len(value) == 2
+        out = (value, value)
+    elif (isinstance(value, (tuple, list)) and len(value) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-        return (int(value[0]), int(value[1]))
-    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        out = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if minimum is not None and min(out) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return out
 
 
 def check_rank(x: Any, ndim: int | tuple[int, ...], name: str, layout: str) -> None:
@@ -61,8 +69,16 @@ def check_same_dtype(ref: Any, ref_name: str, **others: Any) -> None:
                             f"cast one of them (e.g. xp.astype({name}, {ref_name}.dtype))")
 
 
-def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, axis: str) -> int:
-    """``OH = (H + 2P - D*(K-1) - 1) / S + 1``; raises unless the windows tile the padded input exactly."""
+def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int, axis: str,
+                ceil_mode: bool = False) -> int:
+    """``OH = floor((H + 2P - D*(K-1) - 1) / S) + 1`` (PyTorch's rule; ``ceil`` with ``ceil_mode``).
+
+    With ``ceil_mode`` the last window must start inside the input or the left padding (PyTorch drops it
+    otherwise).  Raises ValueError for a bad argument or an empty output.
+
+    >>> output_size(7, 2, 2, 0, 1, "height"), output_size(7, 2, 2, 0, 1, "height", ceil_mode=True)
+    (3, 4)
+    """
     if stride < 1 or dilation < 1 or padding < 0 or kernel < 1:
         raise ValueError(f"need kernel >= 1, stride >= 1, dilation >= 1, padding >= 0 along {axis}; "
                          f"got kernel={kernel}, stride={stride}, dilation={dilation}, padding={padding}")
@@ -70,12 +86,13 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
     padded = size + 2 * padding
     if span > padded:
         raise ValueError(f"kernel extent {span} along {axis} is larger than the padded input "
-                         f"({size} + 2*{padding} = {padded})")
-    if (padded - span) % stride != 0:
-        raise ValueError(f"non-integer output size along {axis}: (input {size} + 2*padding {padding} - "
-                         f"kernel extent {span}) = {padded - span} is not divisible by stride {stride}; "
-                         "change the padding or the stride")
-    return (padded - span) // stride + 1
+                         f"({size} + 2*{padding} = {padded}): the output would be empty")
+    out = (padded - span) // stride + 1
+    if ceil_mode and (padded - span) % stride != 0:
+        out += 1
+        if (out - 1) * stride >= size + padding:  # the last window would start in the right padding
+            out -= 1
+    return out
 
 
 def real(name: str, value: Any) -> float:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .functional import loss as Fl
+from . import functional as F
+from . import kernels
 
 
 class SoftmaxCrossEntropy:
-    """Mean softmax cross-entropy of logits ``(N, C)`` against integer labels ``(N,)``."""
+    """Mean softmax cross-entropy of logits ``(N, C)`` against integer labels ``(N,)`` (op ``softmax_cross_entropy``)."""
 
     def __init__(self) -> None:
-        self._cache: tuple[Any, Any] | None = None
+        self._cache: Any = None
 
     def forward(self, logits: Any, labels: Any) -> Any:
-        loss, probs = Fl.softmax_cross_entropy(logits, labels)
-        self._cache = (probs, labels)
+        F.check_labels(logits, labels)
+        loss, self._cache = kernels.softmax_cross_entropy.forward(logits, labels)
         return loss
 
     __call__ = forward
@@ -24,7 +25,7 @@ class SoftmaxCrossEntropy:
         """``(softmax - onehot) / N``, the gradient for an upstream gradient of 1."""
         if self._cache is None:
             raise RuntimeError("SoftmaxCrossEntropy.backward called before forward")
-        return Fl.softmax_cross_entropy_backward(*self._cache)
+        return kernels.softmax_cross_entropy.backward(None, self._cache)
 
 
 class MeanSquaredError:
@@ -35,12 +36,11 @@ class MeanSquaredError:
 
     def forward(self, y: Any, t: Any) -> Any:
         self._cache = (y, t)
-        return Fl.mean_squared_error(y, t)
+        return F.mean_squared_error(y, t)
 
     __call__ = forward
 
     def backward(self) -> Any:
         if self._cache is None:
             raise RuntimeError("MeanSquaredError.backward called before forward")
-        return Fl.mean_squared_error_backward(*self._cache)
-
+        return F.mean_squared_error_backward(*self._cache)

@@ -33,6 +33,7 @@ class Sequential:
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential takes xpcnn layers; item {i} is {type(layer).__name__}")
         self.layers: list[Layer] = list(layers)
+        self._shared_rng: Any = None
         for i, layer in enumerate(self.layers):
             layer.need_input_grad = i > 0
 
@@ -114,6 +115,33 @@ class Sequential:
             index, key = name.split(".", 1)
             layer = self.layers[int(index)]
             (layer.params if key in layer.params else layer.buffers)[key] = value
+
+    # -- random number generators --------------------------------------------------------------
+    def set_rng(self, rng: Any) -> None:
+        """Share one host generator (or seed) with every random layer (Dropout) that has none of its own.
+
+        The layers draw from it in forward order, so a seeded generator makes training reproducible;
+        ``fit(seed=...)`` passes its ``"dropout"`` stream here.
+        """
+        self._shared_rng = None if rng is None else B.host_rng(rng)
+        for layer in self.layers:
+            if hasattr(layer, "shared_rng"):
+                layer.shared_rng = self._shared_rng
+
+    def rng_state(self) -> dict[str, Any]:
+        """The host generators' states, JSON-able: ``{"shared": ..., "layers": {"<index>": ...}}``."""
+        shared = getattr(self, "_shared_rng", None)
+        layers = {str(i): s for i, layer in enumerate(self.layers) if (s := layer.rng_state()) is not None}
+        return {"shared": None if shared is None else dict(shared.bit_generator.state), "layers": layers}
+
+    def load_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`rng_state` returned (a shared generator is created if the model has none)."""
+        if state.get("shared") is not None:
+            if getattr(self, "_shared_rng", None) is None:
+                self.set_rng(0)
+            self._shared_rng.bit_generator.state = state["shared"]
+        for index, layer_state in state.get("layers", {}).items():
+            self.layers[int(index)].load_rng_state(layer_state)
 
     def to(self, spec: str | B.Backend) -> Sequential:
         """Move every parameter and buffer to another backend/device (in place); returns ``self``.

@@ -2,7 +2,8 @@
 
 Each ``*_backward`` takes the upstream gradient ``dout`` and whatever the
 forward pass produced that the derivative needs (input ``x`` or output ``y``);
-it never modifies ``dout``.
+it never modifies ``dout``.  The public functions validate their arguments; the
+underscored ones (dispatched by :mod:`xpcnn.kernels` after a layer validated once) do not.
 """
 
 from __future__ import annotations
@@ -27,57 +28,89 @@ __all__ = [
 ]
 
 
-def relu(x: Any) -> Any:
-    """``y = max(x, 0)``, any shape."""
-    check_floating(x, "x")
+def _relu(x: Any) -> Any:
     return array_api_compat.array_namespace(x).maximum(x, 0.0)
 
 
-def relu_backward(dout: Any, y: Any) -> Any:
-    """``dx = dout * [y > 0]`` (``y`` is the forward output; the subgradient at 0 is 0, as in PyTorch)."""
-    xp = namespace(dout, y)
+def _relu_backward(dout: Any, y: Any) -> Any:
+    xp = array_api_compat.array_namespace(dout)
     return dout * xp.astype(y > 0.0, dout.dtype)
 
 
-def leaky_relu(x: Any, alpha: float = 0.01) -> Any:
-    """``y = x`` for ``x > 0``, ``alpha * x`` otherwise."""
-    check_floating(x, "x")
-    xp = array_api_compat.array_namespace(x)
-    return xp.where(x > 0.0, x, x * float(alpha))
+def _leaky_relu(x: Any, alpha: float) -> Any:
+    return array_api_compat.array_namespace(x).where(x > 0.0, x, x * float(alpha))
 
 
-def leaky_relu_backward(dout: Any, x: Any, alpha: float = 0.01) -> Any:
-    """``dx = dout`` where ``x > 0``, ``alpha * dout`` elsewhere."""
-    xp = namespace(dout, x)
-    positive = xp.astype(x > 0.0, dout.dtype)
+def _leaky_relu_backward(dout: Any, x: Any, alpha: float) -> Any:
+    positive = array_api_compat.array_namespace(dout).astype(x > 0.0, dout.dtype)
     return dout * (positive + float(alpha) * (1.0 - positive))
 
 
-def sigmoid(x: Any) -> Any:
-    """``y = 1 / (1 + exp(-x))``, computed without overflow for large ``|x|``."""
-    check_floating(x, "x")
+def _sigmoid(x: Any) -> Any:
     xp = array_api_compat.array_namespace(x)
     # exp of a non-positive number never overflows: use exp(-|x|) on both branches.
     e = xp.exp(-xp.abs(x))
     return xp.where(x >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+def _sigmoid_backward(dout: Any, y: Any) -> Any:
+    return dout * y * (1.0 - y)
+
+
+def _tanh(x: Any) -> Any:
+    return array_api_compat.array_namespace(x).tanh(x)
+
+
+def _tanh_backward(dout: Any, y: Any) -> Any:
+    return dout * (1.0 - y * y)
+
+
+def relu(x: Any) -> Any:
+    """``y = max(x, 0)``, any shape."""
+    check_floating(x, "x")
+    return _relu(x)
+
+
+def relu_backward(dout: Any, y: Any) -> Any:
+    """``dx = dout * [y > 0]`` (``y`` is the forward output; the subgradient at 0 is 0, as in PyTorch)."""
+    namespace(dout, y)
+    return _relu_backward(dout, y)
+
+
+def leaky_relu(x: Any, alpha: float = 0.01) -> Any:
+    """``y = x`` for ``x > 0``, ``alpha * x`` otherwise."""
+    check_floating(x, "x")
+    return _leaky_relu(x, alpha)
+
+
+def leaky_relu_backward(dout: Any, x: Any, alpha: float = 0.01) -> Any:
+    """``dx = dout`` where ``x > 0``, ``alpha * dout`` elsewhere."""
+    namespace(dout, x)
+    return _leaky_relu_backward(dout, x, alpha)
+
+
+def sigmoid(x: Any) -> Any:
+    """``y = 1 / (1 + exp(-x))``, computed without overflow for large ``|x|``."""
+    check_floating(x, "x")
+    return _sigmoid(x)
+
+
 def sigmoid_backward(dout: Any, y: Any) -> Any:
     """``dx = dout * y * (1 - y)`` with ``y`` the forward output."""
     namespace(dout, y)
-    return dout * y * (1.0 - y)
+    return _sigmoid_backward(dout, y)
 
 
 def tanh(x: Any) -> Any:
     """``y = tanh(x)``."""
     check_floating(x, "x")
-    return array_api_compat.array_namespace(x).tanh(x)
+    return _tanh(x)
 
 
 def tanh_backward(dout: Any, y: Any) -> Any:
     """``dx = dout * (1 - y^2)`` with ``y`` the forward output."""
     namespace(dout, y)
-    return dout * (1.0 - y * y)
+    return _tanh_backward(dout, y)
 
 
 def log_softmax(x: Any, axis: int = -1) -> Any:

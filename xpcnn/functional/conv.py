@@ -5,7 +5,8 @@ Conventions (PyTorch-compatible): ``x: (N, C, H, W)``, ``W: (F, C, KH, KW)``,
 
     OH = (H + 2*PH - DH*(KH - 1) - 1) / SH + 1        (likewise OW)
 
-and the output size must be an integer (otherwise ValueError).
+rounded down (PyTorch's rule): input rows and columns that no window reaches get a zero gradient.
+The output must not be empty (otherwise ValueError).
 
 Column layout: ``col: (N, KH*KW*C, OH*OW)``, rows ordered tap-major
 (``row = (i*KW + j)*C + c`` for kernel tap ``(i, j)`` and channel ``c``).  With
@@ -15,11 +16,16 @@ output directly in NCHW order:
     y[n] = Wm @ col[n] + b                     (forward)
     dW   = sum_n dout[n] @ col[n]^T            (weight gradient)
     dcol = Wm^T @ dout[n];  dx = col2im(dcol)  (input gradient)
+
+``conv2d_forward`` returns ``(y, cache)`` and ``conv2d_backward(dout, cache)`` the gradients; the public
+functions validate their arguments, the underscored ones (what :mod:`xpcnn.kernels` dispatches to, after
+the layer has validated once) do not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import array_api_compat
@@ -35,6 +41,7 @@ from ..checks import (
 )
 
 __all__ = [
+    "ConvCache",
     "conv2d",
     "conv2d_backward",
     "conv2d_forward",
@@ -103,7 +110,8 @@ def scatter_add_taps(tap_values: Any, x_shape: tuple[int, ...], kernel_size: Pai
     return buf[:, :, p[0]:p[0] + H, p[1]:p[1] + W]
 
 
-def _geometry(x_shape, kernel_size, stride, padding, dilation):
+def _geometry(x_shape: tuple[int, ...], kernel_size: int | Pair, stride: int | Pair, padding: int | Pair,
+              dilation: int | Pair) -> tuple[Pair, Pair, Pair, Pair, Pair]:
     k = pair(kernel_size, "kernel_size")
     s = pair(stride, "stride")
     p = pair(padding, "padding")
@@ -155,7 +163,8 @@ def _weights_as_matrix(xp: Any, W: Any) -> Any:
     return xp.reshape(xp.permute_dims(W, (0, 2, 3, 1)), (F, -1))
 
 
-def _check_conv_args(x: Any, W: Any, b: Any) -> Any:
+def check_conv_args(x: Any, W: Any, b: Any | None) -> Any:
+    """Validate a convolution's arrays (namespace, ranks, dtypes, channels, bias shape); returns ``xp``."""
     xp = namespace(x, W, b)
     check_rank(x, 4, "x", "(N, C, H, W)")
     check_rank(W, 4, "W", "(F, C, KH, KW)")
@@ -169,21 +178,48 @@ def _check_conv_args(x: Any, W: Any, b: Any) -> Any:
     return xp
 
 
-def conv2d_forward(x: Any, W: Any, b: Any | None = None, stride: int | Pair = 1, padding: int | Pair = 0,
-                   dilation: int | Pair = 1) -> tuple[Any, Any]:
-    """Convolution (cross-correlation, as in every framework): returns ``(y, col)``.
+@dataclass(frozen=True)
+class ConvCache:
+    """What the convolution's backward needs: the column matrix, the input shape, the weights, the geometry."""
 
-    x: (N, C, H, W), W: (F, C, KH, KW), b: (F,) or None -> y: (N, F, OH, OW);
-    ``col`` is the im2col matrix that :func:`conv2d_backward` needs.
-    """
-    xp = _check_conv_args(x, W, b)
+    col: Any            # (N, KH*KW*C, OH*OW)
+    x_shape: tuple[int, int, int, int]
+    W: Any              # (F, C, KH, KW)
+    stride: Pair
+    padding: Pair
+    dilation: Pair
+    out: Pair           # (OH, OW)
+
+
+def _conv2d_forward(x: Any, W: Any, b: Any | None, stride: Pair, padding: Pair,
+                    dilation: Pair) -> tuple[Any, ConvCache]:
+    """:func:`conv2d_forward` without the argument checks (``stride``, ``padding``, ``dilation`` are pairs)."""
+    xp = array_api_compat.array_namespace(x)
     N, F = x.shape[0], W.shape[0]
     kernel = (W.shape[2], W.shape[3])
     col, (oh, ow) = _unfold(x, kernel, stride, padding, dilation)
     y = xp.matmul(_weights_as_matrix(xp, W), col)  # (F, K) @ (N, K, L) -> (N, F, L)
     if b is not None:
         y += xp.reshape(b, (F, 1))
-    return xp.reshape(y, (N, F, oh, ow)), col
+    cache = ConvCache(col, tuple(x.shape), W, stride, padding, dilation, (oh, ow))  # type: ignore[arg-type]
+    return xp.reshape(y, (N, F, oh, ow)), cache
+
+
+def conv2d_forward(x: Any, W: Any, b: Any | None = None, stride: int | Pair = 1, padding: int | Pair = 0,
+                   dilation: int | Pair = 1) -> tuple[Any, ConvCache]:
+    """Convolution (cross-correlation, as in every framework): returns ``(y, cache)``.
+
+    x: (N, C, H, W), W: (F, C, KH, KW), b: (F,) or None -> y: (N, F, OH, OW);
+    ``cache`` is what :func:`conv2d_backward` needs (its ``col`` is the im2col matrix).
+
+    >>> import numpy as np
+    >>> x, W = np.ones((1, 1, 7, 7)), np.ones((2, 1, 3, 3))
+    >>> y, cache = conv2d_forward(x, W, stride=2)          # floor((7 - 3) / 2) + 1 = 3
+    >>> y.shape, float(y[0, 0, 0, 0])
+    ((1, 2, 3, 3), 9.0)
+    """
+    check_conv_args(x, W, b)
+    return _conv2d_forward(x, W, b, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"))
 
 
 def conv2d(x: Any, W: Any, b: Any | None = None, stride: int | Pair = 1, padding: int | Pair = 0,
@@ -192,28 +228,35 @@ def conv2d(x: Any, W: Any, b: Any | None = None, stride: int | Pair = 1, padding
     return conv2d_forward(x, W, b, stride, padding, dilation)[0]
 
 
-def conv2d_backward(dout: Any, col: Any, x_shape: tuple[int, int, int, int], W: Any, stride: int | Pair = 1,
-                    padding: int | Pair = 0, dilation: int | Pair = 1,
-                    need_dx: bool = True) -> tuple[Any | None, Any, Any]:
-    """Gradients of the convolution: returns ``(dx, dW, db)``.
-
-    dout: (N, F, OH, OW); col: (N, KH*KW*C, OH*OW) from the forward pass;
-    dx: (N, C, H, W) or None when ``need_dx`` is False (the first layer);
-    dW: (F, C, KH, KW); db: (F,).
-    """
-    xp = namespace(dout, col, W)
-    check_same_dtype(W, "W", dout=dout)
+def _conv2d_backward(dout: Any, cache: ConvCache, need_dx: bool = True) -> tuple[Any | None, Any, Any]:
+    """:func:`conv2d_backward` without the argument checks."""
+    xp = array_api_compat.array_namespace(dout)
+    W = cache.W
     N, F = dout.shape[0], W.shape[0]
     C, KH, KW = W.shape[1], W.shape[2], W.shape[3]
-    expected = (N, F, *conv_geometry(x_shape, (KH, KW), pair(stride, "stride"), pair(padding, "padding"),
-                                     pair(dilation, "dilation")))
-    if tuple(dout.shape) != expected:
-        raise ValueError(f"dout must have the forward output's shape {expected}, got {tuple(dout.shape)}")
-    d2 = xp.reshape(dout, (N, F, expected[2] * expected[3]))  # explicit: -1 is ambiguous for an empty batch
+    d2 = xp.reshape(dout, (N, F, cache.out[0] * cache.out[1]))  # explicit: -1 is ambiguous for an empty batch
     db = xp.sum(d2, axis=(0, 2))
-    dWm = xp.sum(xp.matmul(d2, xp.matrix_transpose(col)), axis=0)  # (F, KH*KW*C)
+    dWm = xp.sum(xp.matmul(d2, xp.matrix_transpose(cache.col)), axis=0)  # (F, KH*KW*C)
     dW = xp.permute_dims(xp.reshape(dWm, (F, KH, KW, C)), (0, 3, 1, 2))
     if not need_dx:
         return None, dW, db
     dcol = xp.matmul(xp.matrix_transpose(_weights_as_matrix(xp, W)), d2)  # (N, KH*KW*C, L)
-    return col2im(dcol, x_shape, (KH, KW), stride, padding, dilation), dW, db
+    cols = xp.reshape(dcol, (N, KH * KW, C, *cache.out))
+    dx = scatter_add_taps(lambda t: cols[:, t, :, :, :], cache.x_shape, (KH, KW), cache.out, cache.stride,
+                          cache.padding, cache.dilation, dcol)
+    return dx, dW, db
+
+
+def conv2d_backward(dout: Any, cache: ConvCache, need_dx: bool = True) -> tuple[Any | None, Any, Any]:
+    """Gradients of the convolution: returns ``(dx, dW, db)``.
+
+    dout: (N, F, OH, OW); cache: from :func:`conv2d_forward`;
+    dx: (N, C, H, W) or None when ``need_dx`` is False (the first layer);
+    dW: (F, C, KH, KW); db: (F,).  Input rows/columns no window reached get zero in ``dx``.
+    """
+    namespace(dout, cache.col, cache.W)
+    check_same_dtype(cache.W, "W", dout=dout)
+    expected = (cache.x_shape[0], cache.W.shape[0], *cache.out)
+    if tuple(dout.shape) != expected:
+        raise ValueError(f"dout must have the forward output's shape {expected}, got {tuple(dout.shape)}")
+    return _conv2d_backward(dout, cache, need_dx)

@@ -26,17 +26,25 @@ def dropout_mask(shape: tuple[int, ...], p: float, rng: Any, like: Any) -> Any:
     return to_device_like((keep * (1.0 / (1.0 - p))).astype(dtype_name(like.dtype)), like)
 
 
-def dropout_forward(x: Any, mask: Any) -> Any:
-    """``y = x * mask`` with a mask from :func:`dropout_mask`. x: any shape."""
-    namespace(x, mask)
+def _dropout_forward(x: Any, p: float, rng: Any) -> tuple[Any, Any]:
+    mask = dropout_mask(tuple(x.shape), p, rng, x)
+    return x * mask, mask
+
+
+def dropout_forward(x: Any, p: float, rng: Any) -> tuple[Any, Any]:
+    """``y = x * mask`` with a fresh mask from :func:`dropout_mask`: returns ``(y, mask)``. x: any shape."""
+    namespace(x)
     check_floating(x, "x")
-    if tuple(mask.shape) != tuple(x.shape):
-        raise ValueError(f"dropout mask shape {tuple(mask.shape)} does not match x shape {tuple(x.shape)}")
-    return x * mask
+    return _dropout_forward(x, p, rng)
+
+
+def _dropout_backward(dout: Any, mask: Any) -> Any:
+    return dout * mask
 
 
 def dropout_backward(dout: Any, mask: Any) -> Any:
     """``dx = dout * mask``."""
     namespace(dout, mask)
-    return dout * mask
-
+    if tuple(mask.shape) != tuple(dout.shape):
+        raise ValueError(f"dropout mask shape {tuple(mask.shape)} does not match dout shape {tuple(dout.shape)}")
+    return _dropout_backward(dout, mask)

@@ -18,6 +18,7 @@ __all__ = [
     "mean_squared_error",
     "mean_squared_error_backward",
     "one_hot",
+    "check_labels",
     "softmax_cross_entropy",
     "softmax_cross_entropy_backward",
 ]
@@ -61,6 +62,26 @@ def softmax_cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
     t = one_hot(labels, logits.shape[1], logits.dtype)
     loss = -xp.sum(t * logp) / float(logits.shape[0])
     return loss, xp.exp(logp)
+
+
+def _softmax_cross_entropy_forward(logits: Any, labels: Any) -> tuple[Any, tuple[Any, Any]]:
+    """Unchecked forward for the kernel seam: ``(loss, (probs, labels))``."""
+    xp = array_api_compat.array_namespace(logits)
+    logp = log_softmax(logits, axis=-1)
+    t = one_hot(labels, logits.shape[1], logits.dtype)
+    return -xp.sum(t * logp) / float(logits.shape[0]), (xp.exp(logp), labels)
+
+
+def _softmax_cross_entropy_backward(dout: Any, cache: tuple[Any, Any]) -> Any:
+    """Unchecked backward for the kernel seam; ``dout`` is the loss's upstream gradient (None means 1)."""
+    probs, labels = cache
+    dlogits = (probs - one_hot(labels, probs.shape[1], probs.dtype)) / float(probs.shape[0])
+    return dlogits if dout is None else dlogits * dout
+
+
+def check_labels(logits: Any, labels: Any) -> None:
+    """Validate logits ``(N, C)`` and integer labels ``(N,)`` in ``[0, C)`` (reads the label range)."""
+    _check_labels(namespace(logits, labels), logits, labels)
 
 
 def softmax_cross_entropy_backward(probs: Any, labels: Any) -> Any:

@@ -8,8 +8,8 @@ returns updated running statistics (PyTorch convention):
     running_mean <- (1 - momentum) * running_mean + momentum * mu
     running_var  <- (1 - momentum) * running_var  + momentum * var * M / (M - 1)
 
-with M the number of values per feature (N, or N*H*W).  Eval mode uses the
-running statistics instead.  Statistics are per feature: axis 0 for (N, D),
+with M the number of values per feature (N, or N*H*W); the running statistics are updated in
+place (they are the layer's buffers).  Eval mode uses the running statistics instead.  Statistics are per feature: axis 0 for (N, D),
 axes (0, 2, 3) for (N, C, H, W).
 """
 
@@ -18,9 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import array_api_compat
+
 from ..checks import check_floating, check_rank, check_same_dtype, namespace
 
-__all__ = ["BatchNormCache", "batch_norm_backward", "batch_norm_forward"]
+__all__ = ["BatchNormCache", "batch_norm_backward", "batch_norm_forward", "check_batch_norm_args"]
 
 
 @dataclass
@@ -39,48 +41,72 @@ def _axes_and_shape(x: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return (0, 2, 3), (1, x.shape[1], 1, 1)
 
 
-def batch_norm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any, train: bool,
-                       momentum: float = 0.1, eps: float = 1e-5) -> tuple[Any, BatchNormCache, Any, Any]:
-    """Returns ``(y, cache, new_running_mean, new_running_var)``.
-
-    x: (N, D) or (N, C, H, W); gamma, beta, running_mean, running_var: (D,) or (C,).
-    In eval mode the running statistics are returned unchanged.
-    """
+def check_batch_norm_args(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any) -> tuple[Any, int]:
+    """Validate batch norm's arrays (namespace, rank, dtypes, per-feature shapes); returns ``(xp, M)``."""
     xp = namespace(x, gamma, beta, running_mean, running_var)
     check_rank(x, (2, 4), "x", "(N, D) or (N, C, H, W)")
     check_floating(x, "x")
     check_same_dtype(x, "x", gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
-    axes, bshape = _axes_and_shape(x)
     features = x.shape[1]
     for name, arr in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
         if tuple(arr.shape) != (features,):
             raise ValueError(f"{name} must have shape ({features},) for x of shape {tuple(x.shape)}, "
                              f"got {tuple(arr.shape)}")
+    if x.ndim == 2:
+        count = x.shape[0]
+    else:
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+    return xp, count
+
+
+def _batch_norm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any, train: bool,
+                        momentum: float = 0.1, eps: float = 1e-5) -> tuple[Any, BatchNormCache]:
+    xp = array_api_compat.array_namespace(x)
+    axes, bshape = _axes_and_shape(x)
+    features = x.shape[1]
     g = xp.reshape(gamma, bshape)
     if train:
         count = 1
         for a in axes:
             count *= x.shape[a]
-        if count < 2:
-            raise ValueError(f"batch norm in train mode needs more than one value per feature, got x of shape "
-                             f"{tuple(x.shape)}")
         mu = xp.mean(x, axis=axes, keepdims=True)
         xc = x - mu
         var = xp.mean(xc * xc, axis=axes, keepdims=True)
         inv_std = 1.0 / xp.sqrt(var + float(eps))
         xhat = xc * inv_std
         m = float(momentum)
-        new_mean = (1.0 - m) * running_mean + m * xp.reshape(mu, (features,))
-        new_var = (1.0 - m) * running_var + m * xp.reshape(var, (features,)) * (count / (count - 1.0))
+        running_mean[...] = (1.0 - m) * running_mean + m * xp.reshape(mu, (features,))
+        running_var[...] = (1.0 - m) * running_var + m * xp.reshape(var, (features,)) * (count / (count - 1.0))
     else:
         inv_std = xp.reshape(1.0 / xp.sqrt(running_var + float(eps)), bshape)
         xhat = (x - xp.reshape(running_mean, bshape)) * inv_std
-        new_mean, new_var = running_mean, running_var
     y = g * xhat + xp.reshape(beta, bshape)
-    return y, BatchNormCache(xhat, inv_std, g, train), new_mean, new_var
+    return y, BatchNormCache(xhat, inv_std, g, train)
+
+
+def batch_norm_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any, train: bool,
+                       momentum: float = 0.1, eps: float = 1e-5) -> tuple[Any, BatchNormCache]:
+    """Returns ``(y, cache)``; in train mode ``running_mean`` and ``running_var`` are updated in place.
+
+    x: (N, D) or (N, C, H, W); gamma, beta, running_mean, running_var: (D,) or (C,).
+    """
+    _, count = check_batch_norm_args(x, gamma, beta, running_mean, running_var)
+    if train and count < 2:
+        raise ValueError(f"batch norm in train mode needs more than one value per feature, got x of shape "
+                         f"{tuple(x.shape)}")
+    return _batch_norm_forward(x, gamma, beta, running_mean, running_var, train, momentum, eps)
 
 
 def batch_norm_backward(dout: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
+    """Validating wrapper of :func:`_batch_norm_backward`: ``(dx, dgamma, dbeta)``."""
+    namespace(dout, cache.xhat)
+    if tuple(dout.shape) != tuple(cache.xhat.shape):
+        raise ValueError(f"dout must have the forward output's shape {tuple(cache.xhat.shape)}, "
+                         f"got {tuple(dout.shape)}")
+    return _batch_norm_backward(dout, cache)
+
+
+def _batch_norm_backward(dout: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
     """Returns ``(dx, dgamma, dbeta)``.
 
     ``dbeta = sum(dout)`` and ``dgamma = sum(dout * xhat)`` over the statistics axes.  In train
@@ -93,10 +119,7 @@ def batch_norm_backward(dout: Any, cache: BatchNormCache) -> tuple[Any, Any, Any
     which reuses the parameter gradients and saves five passes over the data.  Eval mode:
     ``dx = dout * gamma * inv_std`` (the running statistics are constants).
     """
-    xp = namespace(dout, cache.xhat)
-    if tuple(dout.shape) != tuple(cache.xhat.shape):
-        raise ValueError(f"dout must have the forward output's shape {tuple(cache.xhat.shape)}, "
-                         f"got {tuple(dout.shape)}")
+    xp = array_api_compat.array_namespace(dout)
     axes, bshape = _axes_and_shape(dout)
     dbeta = xp.sum(dout, axis=axes)
     dgamma = xp.sum(dout * cache.xhat, axis=axes)

@@ -1,10 +1,21 @@
 """The kernel seam: the ops layers and optimizers call, each with a portable reference and optional fast sets.
 
-See :mod:`xpcnn.kernels.registry` for how an implementation is chosen (``XPCNN_KERNELS`` /
-:func:`using_kernels`).
+``xpcnn.functional`` is the reference on every backend.  A fast kernel set (CPU or CUDA) registers
+implementations of the same ops for one array type, with an eligibility test; an ineligible call
+falls back to the reference.  ``XPCNN_KERNELS=auto|reference|fast`` (or :func:`using_kernels`)
+chooses; see :mod:`xpcnn.kernels.registry` and the op table in :mod:`xpcnn.kernels.ops`.
+
+>>> import numpy as np
+>>> from xpcnn import kernels
+>>> y, cache = kernels.relu.forward(np.array([-1.0, 2.0]))
+>>> kernels.relu.backward(np.ones(2), cache).tolist()
+[0.0, 1.0]
 """
 
+from .ops import (avg_pool2d, batch_norm, conv2d, dense, dropout, leaky_relu, max_pool2d, relu, sigmoid,
+                  softmax_cross_entropy, tanh)
 from .registry import ENV_VAR, MODES, KernelError, KernelSet, Op, active_sets, kernel_mode, register_set, using_kernels
 
-__all__ = ["ENV_VAR", "MODES", "KernelError", "KernelSet", "Op", "active_sets", "kernel_mode", "register_set",
-           "using_kernels"]
+__all__ = ["ENV_VAR", "MODES", "KernelError", "KernelSet", "Op", "active_sets", "avg_pool2d", "batch_norm", "conv2d",
+           "dense", "dropout", "kernel_mode", "leaky_relu", "max_pool2d", "register_set", "relu", "sigmoid",
+           "softmax_cross_entropy", "tanh", "using_kernels"]

@@ -1,7 +1,7 @@
 """Stateful layers over :mod:`xpcnn.functional`: ``forward(x, train)``, ``backward(dout)``, ``params``/``grads``."""
 
 from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
-from .base import LAYER_TYPES, Layer
+from .base import LAYER_TYPES, Layer, register
 from .conv import Conv2D
 from .dense import Dense, Flatten
 from .dropout import Dropout
@@ -9,4 +9,4 @@ from .norm import BatchNorm1D, BatchNorm2D
 from .pool import AvgPool2D, MaxPool2D
 
 __all__ = ["AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten", "LAYER_TYPES",
-           "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "Sigmoid", "Tanh"]
+           "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "Sigmoid", "Tanh", "register"]

@@ -1,51 +1,56 @@
-"""Activation layers: ReLU, LeakyReLU, Sigmoid, Tanh."""
+"""Activation layers: ReLU, LeakyReLU, Sigmoid, Tanh (ops in :mod:`xpcnn.kernels`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..functional import activation as Fa
+from .. import kernels
+from ..checks import check_floating, real
 from .base import Layer, register
 
 
 class _Elementwise(Layer):
-    """An activation whose backward needs only the cached forward output (or input)."""
+    """An activation: one op, any input shape; the op's cache holds what the derivative needs."""
+
+    _op: kernels.Op
 
     def __init__(self) -> None:
         super().__init__()
-        self._saved: Any = None
+        self._cache: Any = None
+
+    def _args(self) -> tuple[Any, ...]:
+        return ()
+
+    def forward(self, x: Any, train: bool = False) -> Any:
+        check_floating(x, f"{type(self).__name__} input")
+        y, cache = self._op.forward(x, *self._args())
+        self._cache = cache if train else None
+        return y
 
     def backward(self, dout: Any) -> Any:
-        self._require_forward(self._saved)
-        return self._backward(dout, self._saved)
+        self._require_forward(self._cache)
+        return self._op.backward(dout, self._cache)
 
 
 @register
 class ReLU(_Elementwise):
     """``y = max(x, 0)``; any shape."""
 
-    def forward(self, x: Any, train: bool = False) -> Any:
-        y = Fa.relu(x)
-        self._saved = y if train else None
-        return y
-
-    _backward = staticmethod(Fa.relu_backward)
+    _op = kernels.relu
 
 
 @register
 class LeakyReLU(_Elementwise):
     """``y = x`` for ``x > 0``, else ``alpha * x``; any shape."""
 
+    _op = kernels.leaky_relu
+
     def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
-        self.alpha = float(alpha)
+        self.alpha = real("alpha", alpha)
 
-    def forward(self, x: Any, train: bool = False) -> Any:
-        self._saved = x if train else None
-        return Fa.leaky_relu(x, self.alpha)
-
-    def _backward(self, dout: Any, x: Any) -> Any:
-        return Fa.leaky_relu_backward(dout, x, self.alpha)
+    def _args(self) -> tuple[Any, ...]:
+        return (self.alpha,)
 
     def config(self) -> dict[str, Any]:
         return {"alpha": self.alpha}
@@ -55,21 +60,11 @@ class LeakyReLU(_Elementwise):
 class Sigmoid(_Elementwise):
     """``y = 1 / (1 + exp(-x))``; any shape."""
 
-    def forward(self, x: Any, train: bool = False) -> Any:
-        y = Fa.sigmoid(x)
-        self._saved = y if train else None
-        return y
-
-    _backward = staticmethod(Fa.sigmoid_backward)
+    _op = kernels.sigmoid
 
 
 @register
 class Tanh(_Elementwise):
     """``y = tanh(x)``; any shape."""
 
-    def forward(self, x: Any, train: bool = False) -> Any:
-        y = Fa.tanh(x)
-        self._saved = y if train else None
-        return y
-
-    _backward = staticmethod(Fa.tanh_backward)
+    _op = kernels.tanh

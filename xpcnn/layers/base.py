@@ -3,7 +3,10 @@
 A layer has ``forward(x, train=False) -> y`` and ``backward(dout) -> dx``;
 ``params`` and ``grads`` are dicts with the same keys, ``buffers`` holds
 non-trainable state (batch-norm running statistics).  A layer caches only what
-its backward pass needs, and ``backward`` never modifies ``dout``.
+its backward pass needs (the opaque cache of the kernel that ran), and ``backward``
+never modifies ``dout``.  A layer validates its input once per call and then calls
+its op through :mod:`xpcnn.kernels`.  Layers that draw random numbers (Dropout) keep
+their host generator's state in ``rng_state()`` / ``load_rng_state()``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Any
 import array_api_compat
 
 from .. import backend as B
-from ..initializers import initialize
+from ..checks import check_floating, check_rank, namespace
+from ..initializers import INITIALIZERS, initialize
 
 __all__ = ["Layer", "LAYER_TYPES", "register"]
 
@@ -24,6 +28,9 @@ LAYER_TYPES: dict[str, type[Layer]] = {}
 
 
 def register(cls: type[Layer]) -> type[Layer]:
+    """Class decorator: make a layer type known to checkpoints (``Sequential.from_config``) by its name."""
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise TypeError(f"register expects a subclass of xpcnn.layers.Layer, got {cls!r}")
     LAYER_TYPES[cls.__name__] = cls
     return cls
 
@@ -64,6 +71,37 @@ class Layer(abc.ABC):
         if cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward(x, train=True)")
 
+    def rng_state(self) -> dict[str, Any] | None:
+        """The state of this layer's own host generator (JSON-able), or None when it has none."""
+        return None
+
+    def load_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`rng_state` returned."""
+
+    def _check_input(self, x: Any, ndim: int | tuple[int, ...], layout: str) -> None:
+        """Validate the input once per call: same backend and device as the parameters, rank, dtype."""
+        ref = next(iter(self.params.values()), None)
+        name = f"{type(self).__name__} input"
+        if ref is not None:
+            namespace(x, ref)
+        check_rank(x, ndim, name, layout)
+        check_floating(x, name)
+        self._check_input_dtype(x)
+
+    @staticmethod
+    def _float_dtype(dtype: Any) -> str:
+        """The name of a floating dtype for parameters (``"float32"``), or ValueError."""
+        name = B.dtype_name(dtype)
+        if name not in ("float16", "float32", "float64"):
+            raise ValueError(f"dtype must be a floating type (float32, float64 or float16), got {dtype!r}")
+        return name
+
+    @staticmethod
+    def _check_init(init: str) -> str:
+        if init not in INITIALIZERS:
+            raise ValueError(f"unknown initializer {init!r}; expected one of {sorted(INITIALIZERS)}")
+        return init
+
     def _new_param(self, init: str, shape: tuple[int, ...], dtype: str, rng: Any) -> Any:
         return B.asarray(initialize(init, shape, B.host_rng(rng)), dtype=dtype)
 
@@ -80,7 +118,7 @@ class Layer(abc.ABC):
 
     def to(self, spec: str | B.Backend) -> Layer:
         """Move parameters and buffers to another backend/device (in place); returns ``self``."""
-        be = spec if isinstance(spec, B.Backend) else B._resolve(spec)
+        be = spec if isinstance(spec, B.Backend) else B.resolve(spec)
         for store in (self.params, self.buffers):
             for key, value in store.items():
                 store[key] = B.asarray(B.to_numpy(value), backend=be)

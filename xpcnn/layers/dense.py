@@ -7,9 +7,8 @@ from typing import Any
 
 import array_api_compat
 
-from ..functional.dense import dense, dense_backward
-from ..checks import check_rank
-from .. import backend as B
+from .. import kernels
+from ..checks import integer
 from .base import Layer, register
 
 
@@ -23,22 +22,26 @@ class Dense(Layer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "he",
                  dtype: str = "float32", rng: Any = None) -> None:
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
-        self.bias, self.init, self._dtype = bool(bias), init, B.dtype_name(dtype)
+        self.in_features = integer("in_features", in_features, minimum=1)
+        self.out_features = integer("out_features", out_features, minimum=1)
+        self.bias, self.init, self._dtype = bool(bias), self._check_init(init), self._float_dtype(dtype)
         self.params["W"] = self._new_param(init, (self.in_features, self.out_features), dtype, rng)
         if self.bias:
             self.params["b"] = self._constant(0.0, (self.out_features,), dtype)
-        self._x: Any = None
+        self._cache: Any = None
 
     def forward(self, x: Any, train: bool = False) -> Any:
-        check_rank(x, 2, "Dense input", "(N, in_features); add a Flatten layer before it")
-        self._check_input_dtype(x)
-        self._x = x if train else None
-        return dense(x, self.params["W"], self.params.get("b"))
+        self._check_input(x, 2, "(N, in_features); add a Flatten layer before it")
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"feature mismatch: Dense expects {self.in_features} input features, "
+                             f"got x of shape {tuple(x.shape)}")
+        y, cache = kernels.dense.forward(x, self.params["W"], self.params.get("b"))
+        self._cache = cache if train else None
+        return y
 
     def backward(self, dout: Any) -> Any:
-        self._require_forward(self._x)
-        dx, dW, db = dense_backward(dout, self._x, self.params["W"], need_dx=self.need_input_grad)
+        self._require_forward(self._cache)
+        dx, dW, db = kernels.dense.backward(dout, self._cache, self.need_input_grad)
         self.grads["W"] = dW
         if self.bias:
             self.grads["b"] = db
@@ -56,7 +59,7 @@ class Dense(Layer):
 
 @register
 class Flatten(Layer):
-    """(N, d1, d2, ...) -> (N, d1*d2*...)."""
+    """(N, d1, d2, ...) -> (N, d1*d2*...).  A reshape (no arithmetic), so it needs no kernel op."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -66,7 +69,7 @@ class Flatten(Layer):
         if x.ndim < 2:
             raise ValueError(f"Flatten expects (N, ...) with at least 2 dims, got shape {tuple(x.shape)}")
         self._shape = tuple(x.shape)
-        return array_api_compat.array_namespace(x).reshape(x, (x.shape[0], -1))
+        return array_api_compat.array_namespace(x).reshape(x, (x.shape[0], math.prod(x.shape[1:])))
 
     def backward(self, dout: Any) -> Any:
         self._require_forward(self._shape)

@@ -1,12 +1,11 @@
-"""Batch normalisation layers for (N, D) and (N, C, H, W) inputs."""
+"""Batch normalisation layers for (N, D) and (N, C, H, W) inputs (op: ``batch_norm``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..functional import norm as Fn
-from ..checks import check_rank
-from .. import backend as B
+from .. import kernels
+from ..checks import integer, positive, real
 from .base import Layer, register
 
 
@@ -16,30 +15,35 @@ class _BatchNorm(Layer):
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, dtype: str = "float32") -> None:
         super().__init__()
-        self.num_features, self.momentum, self.eps, self._dtype = int(num_features), float(momentum), float(eps), B.dtype_name(dtype)
+        self.num_features = integer("num_features", num_features, minimum=1)
+        self.momentum, self.eps = real("momentum", momentum), positive("eps", eps)
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        self._dtype = self._float_dtype(dtype)
         shape = (self.num_features,)
         self.params["gamma"] = self._constant(1.0, shape, dtype)
         self.params["beta"] = self._constant(0.0, shape, dtype)
         self.buffers["running_mean"] = self._constant(0.0, shape, dtype)
         self.buffers["running_var"] = self._constant(1.0, shape, dtype)
-        self._cache: Fn.BatchNormCache | None = None
+        self._cache: Any = None
 
     def forward(self, x: Any, train: bool = False) -> Any:
-        check_rank(x, self._ndim, f"{type(self).__name__} input", self._layout)
+        self._check_input(x, self._ndim, self._layout)
         if x.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}({self.num_features}) got {x.shape[1]} channels/features "
                              f"(input shape {tuple(x.shape)})")
-        self._check_input_dtype(x)
-        y, cache, mean, var = Fn.batch_norm_forward(
-            x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
-            self.buffers["running_var"], train, self.momentum, self.eps)
-        self.buffers["running_mean"], self.buffers["running_var"] = mean, var
+        if train and x.shape[0] * (x.shape[2] * x.shape[3] if x.ndim == 4 else 1) < 2:
+            raise ValueError(f"batch norm in train mode needs more than one value per feature, got x of shape "
+                             f"{tuple(x.shape)}")
+        y, cache = kernels.batch_norm.forward(x, self.params["gamma"], self.params["beta"],
+                                              self.buffers["running_mean"], self.buffers["running_var"], train,
+                                              self.momentum, self.eps)
         self._cache = cache if train else None
         return y
 
     def backward(self, dout: Any) -> Any:
         self._require_forward(self._cache)
-        dx, self.grads["gamma"], self.grads["beta"] = Fn.batch_norm_backward(dout, self._cache)
+        dx, self.grads["gamma"], self.grads["beta"] = kernels.batch_norm.backward(dout, self._cache)
         return dx
 
     def config(self) -> dict[str, Any]:

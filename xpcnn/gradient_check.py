@@ -1,6 +1,6 @@
 """Numerical gradient checking by central differences, for xpcnn layers and your own.
 
-    from xpcnn.gradcheck import gradcheck
+    from xpcnn import gradcheck
     layer = MyLayer(..., dtype="float64")
     gradcheck(layer, x)                      # checks dx and every entry of layer.grads
 

@@ -1,0 +1,69 @@
+"""Every op the layers, losses and optimizers call, bound to its reference in :mod:`xpcnn.functional`.
+
+Signatures (arguments already validated by the caller; geometry already normalised to pairs):
+
+==========================  ==============================================  ===================================
+op                          forward(...) -> (y, cache)                       backward(dout, cache, ...) ->
+==========================  ==============================================  ===================================
+``conv2d``                  ``x, W, b, stride, padding, dilation``           ``need_dx`` -> ``(dx, dW, db)``
+``max_pool2d``              ``x, geometry`` (:class:`PoolGeometry`)          ``dx``
+``avg_pool2d``              ``x, geometry``                                  ``dx``
+``dense``                   ``x, W, b``                                      ``need_dx`` -> ``(dx, dW, db)``
+``relu/sigmoid/tanh``       ``x``                                            ``dx``
+``leaky_relu``              ``x, alpha``                                     ``dx``
+``batch_norm``              ``x, gamma, beta, mean, var, train, m, eps``     ``(dx, dgamma, dbeta)``
+``dropout``                 ``x, p, rng`` (host generator)                   ``dx``
+``softmax_cross_entropy``   ``logits, labels`` -> ``(loss, cache)``          ``dlogits`` (``dout`` None means 1)
+==========================  ==============================================  ===================================
+
+A fast kernel set registers against these ops (``ops.conv2d.register(numpy.ndarray, "cpu", fwd, bwd,
+eligible)``); its forward returns its own cache, which only its own backward reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import importlib
+
+_act = importlib.import_module("xpcnn.functional.activation")
+_conv = importlib.import_module("xpcnn.functional.conv")
+_dense = importlib.import_module("xpcnn.functional.dense")  # (the package re-exports a function of that name)
+_dropout = importlib.import_module("xpcnn.functional.dropout")
+_loss = importlib.import_module("xpcnn.functional.loss")
+_norm = importlib.import_module("xpcnn.functional.norm")
+_pool = importlib.import_module("xpcnn.functional.pool")
+from .registry import Op
+
+__all__ = ["avg_pool2d", "batch_norm", "conv2d", "dense", "dropout", "leaky_relu", "max_pool2d", "relu",
+           "sigmoid", "softmax_cross_entropy", "tanh"]
+
+
+def _output_is_cache(fn: Any) -> Any:
+    """For activations whose derivative needs only the output: ``x -> (y, y)``."""
+    def forward(x: Any) -> tuple[Any, Any]:
+        y = fn(x)
+        return y, y
+    return forward
+
+
+def _leaky_forward(x: Any, alpha: float) -> tuple[Any, tuple[Any, float]]:
+    return _act._leaky_relu(x, alpha), (x, alpha)
+
+
+def _leaky_backward(dout: Any, cache: tuple[Any, float]) -> Any:
+    return _act._leaky_relu_backward(dout, *cache)
+
+
+conv2d = Op("conv2d", _conv._conv2d_forward, _conv._conv2d_backward)
+max_pool2d = Op("max_pool2d", _pool._max_pool2d_forward, _pool._max_pool2d_backward)
+avg_pool2d = Op("avg_pool2d", _pool._avg_pool2d_forward, _pool._avg_pool2d_backward)
+dense = Op("dense", _dense._dense_forward, _dense._dense_backward)
+relu = Op("relu", _output_is_cache(_act._relu), _act._relu_backward)
+sigmoid = Op("sigmoid", _output_is_cache(_act._sigmoid), _act._sigmoid_backward)
+tanh = Op("tanh", _output_is_cache(_act._tanh), _act._tanh_backward)
+leaky_relu = Op("leaky_relu", _leaky_forward, _leaky_backward)
+batch_norm = Op("batch_norm", _norm._batch_norm_forward, _norm._batch_norm_backward)
+dropout = Op("dropout", _dropout._dropout_forward, _dropout._dropout_backward)
+softmax_cross_entropy = Op("softmax_cross_entropy", _loss._softmax_cross_entropy_forward,
+                           _loss._softmax_cross_entropy_backward)
