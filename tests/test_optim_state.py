@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import array_api_compat
@@ -10,6 +11,7 @@ import pytest
 
 from xpcnn import backend as B
 from xpcnn import optim
+from xpcnn.functional import updates
 from xpcnn.parameter import ParamRef
 
 try:
@@ -204,3 +206,133 @@ def test_defaults():
     assert optim.Adam(refs).hyper() == {"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8}
     assert optim.AdamW(refs).weight_decay == 1e-2
     assert set(optim.OPTIMIZERS) == {n.lower() for n in NAMES}
+
+
+# ----------------------------------------------------------------------------- each hyper-parameter declared once
+
+
+# a value other than the default for every hyper-parameter of every optimizer, and one each rejects
+NON_DEFAULT = {"lr": 0.3, "weight_decay": 0.02, "momentum": 0.7, "eps": 1e-5, "alpha": 0.8, "betas": (0.8, 0.95)}
+BAD = {"lr": float("nan"), "weight_decay": -1.0, "momentum": 1.0, "eps": -1.0, "alpha": 1.0, "betas": (0.9, 1.0)}
+BAD_FOR = {("Nesterov", "momentum"): 0.0}  # Nesterov alone refuses zero momentum
+
+
+def _one_param():
+    return [ParamRef("0.W", FakeLayer({"W": np.zeros((2, 3))}), "W")]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_signature_and_declaration_agree(name):
+    """The keyword arguments of ``__init__`` are exactly the declared hyper-parameters, in ``hyper()``."""
+    cls = getattr(optim, name)
+    keywords = list(inspect.signature(cls.__init__).parameters)[2:]  # drop self, params
+    assert set(keywords) == set(cls.hyper_fields) == set(cls(_one_param()).hyper())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_default_hyper_parameters_round_trip(name):
+    """Every hyper-parameter set at construction comes back from hyper(), _set_hyper and a JSON state dict."""
+    cls = getattr(optim, name)
+    signature = inspect.signature(cls.__init__).parameters
+    values = {k: NON_DEFAULT[k] for k in cls.hyper_fields}
+    assert all(signature[k].default != v for k, v in values.items())  # really not the defaults
+    opt = cls(_one_param(), **values)
+    exported = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    assert opt.hyper() == exported
+    assert {k: getattr(opt, k) for k in values} == values
+    opt._set_hyper(opt.hyper())
+    assert opt.hyper() == exported
+
+    sd = json.loads(json.dumps({k: v for k, v in opt.state_dict().items() if k != "slots"}))
+    fresh = cls(_one_param())
+    assert fresh.hyper() != exported
+    fresh.load_state_dict({**sd, "slots": opt.state_dict()["slots"]})
+    assert fresh.hyper() == exported and {k: getattr(fresh, k) for k in values} == values
+    # and the rule accepts what the optimizer hands it (every declared value reaches the update)
+    p, g = np.ones((2, 3)), np.full((2, 3), 0.5)
+    slots = {s: np.zeros((2, 3)) for s in cls.slot_names}
+    updates.optimizer_update([p], [g], [slots], [1], cls.rule, fresh._rule_hyper())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_check_for_construction_assignment_and_loading(name):
+    """A bad value gets the same error whether it comes through __init__, an assignment or load_state_dict."""
+    cls = getattr(optim, name)
+    for key in cls.hyper_fields:
+        bad = BAD_FOR.get((name, key), BAD[key])
+        with pytest.raises(ValueError) as construction:
+            cls(_one_param(), **{key: bad})
+        message = str(construction.value)
+        assert message.startswith(key), message
+        opt = cls(_one_param())
+        before = opt.hyper()
+        with pytest.raises(ValueError) as assignment:
+            setattr(opt, key, bad)
+        assert str(assignment.value) == message
+        sd = opt.state_dict()
+        with pytest.raises(ValueError) as loading:
+            opt.load_state_dict({**sd, "hyper": {**sd["hyper"], key: bad}})
+        assert str(loading.value).endswith(message)
+        assert opt.hyper() == before
+
+
+# ----------------------------------------------------------------------------- parameters moved after building
+
+
+def _dense_model():
+    from xpcnn import layers
+    from xpcnn.model import Sequential
+
+    return Sequential([layers.Dense(3, 2)])
+
+
+def _train_step(model, opt, x):
+    y = model.forward(x, train=True)
+    model.backward(y * 0.0 + 1.0)
+    opt.step()
+
+
+def test_step_refuses_parameters_moved_after_building():
+    """numpy -> array_api_strict after the optimizer was built: a clear error, nothing changed; the fix works."""
+    pytest.importorskip("array_api_strict", reason="the move goes to array_api_strict")
+    model = _dense_model()
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    x = np.ones((4, 3), dtype=np.float32)
+    _train_step(model, opt, x)
+    model.to("array_api_strict")
+    x_strict = B.asarray(x, dtype="float32", backend="array_api_strict")
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match=r"Adam: parameter '0\.W' is now array_api_strict .*float32.*, but its "
+                                         r"optimizer state 'exp_avg' is numpy \(device cpu, float32\).*"
+                                         r"Build the optimizer after model\.to\(\.\.\.\)"):
+        _train_step(model, opt, x_strict)
+    after = opt.state_dict()
+    assert after["step"] == before["step"] == 1 and after["param_steps"] == before["param_steps"]
+    assert isinstance(model.layers[0].params["W"], type(x_strict))
+
+    # the fix the message gives: a new optimizer after the move, carrying the old one's progress
+    moved = optim.Adam(model.parameters())
+    moved.load_state_dict(before)
+    _train_step(model, moved, x_strict)
+    assert moved.state_dict()["step"] == 2
+    assert isinstance(moved.state_dict()["slots"]["0.W/exp_avg"], type(x_strict))
+
+
+def test_stateless_sgd_follows_its_parameters():
+    """SGD keeps no state, so nothing can be stranded: it keeps working after a move."""
+    pytest.importorskip("array_api_strict", reason="the move goes to array_api_strict")
+    model = _dense_model()
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    model.to("array_api_strict")
+    before = B.to_numpy(model.layers[0].params["b"]).copy()
+    _train_step(model, opt, B.asarray(np.ones((4, 3)), dtype="float32", backend="array_api_strict"))
+    np.testing.assert_allclose(B.to_numpy(model.layers[0].params["b"]), before - 0.1 * 4.0, rtol=1e-6)
+
+
+def test_step_refuses_a_parameter_cast_after_building(backend):
+    layer = FakeLayer({"W": B.asarray(np.ones(3), dtype="float64")})
+    opt = optim.Momentum([ParamRef("0.W", layer, "W")])
+    layer.params["W"] = B.asarray(np.ones(3), dtype="float32")
+    layer.grads["W"] = B.asarray(np.ones(3), dtype="float32")
+    with pytest.raises(ValueError, match=r"'0\.W' is now .*float32.*'momentum_buffer' is .*float64"):
+        opt.step()

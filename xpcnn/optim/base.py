@@ -147,18 +147,26 @@ class Optimizer:
         they are (as in PyTorch).  Raises ``ValueError``, before changing anything, when a parameter
         no longer lives where its state does (the model was moved after the optimizer was built).
         """
-        live = [ref for ref in self.params if ref.grad is not None]
-        values = [ref.value for ref in live]
-        for ref, value in zip(live, values, strict=True):
+        live, values, grads = [], [], []
+        for ref in self.params:
+            grad = ref.grad
+            if grad is None:
+                continue
+            value = ref.value
             if value is not self._written.get(ref.name):
                 self._check_placement(ref, value)
+            live.append(ref)
+            values.append(value)
+            grads.append(grad)
         self.step_count += 1
         if not live:
             return
+        steps = []
         for ref in live:
-            self._t[ref.name] += 1
-        new = kernels.optimizer_update(values, [ref.grad for ref in live], [self.state[ref.name] for ref in live],
-                                       [self._t[ref.name] for ref in live], self.rule, self._rule_hyper())
+            self._t[ref.name] = t = self._t[ref.name] + 1
+            steps.append(t)
+        new = kernels.optimizer_update(values, grads, [self.state[ref.name] for ref in live], steps, self.rule,
+                                       self._rule_hyper())
         for ref, value in zip(live, new, strict=True):
             ref.assign(value)
             self._written[ref.name] = value
@@ -174,12 +182,12 @@ class Optimizer:
         if got_xp is want_xp and got_dev == want_dev and value.dtype == slot.dtype:
             return
         kind = type(self).__name__
+        got = f"{_backend.backend_name(value)} (device {got_dev}, {_backend.dtype_name(value.dtype)})"
+        want = f"{_backend.backend_name(slot)} (device {want_dev}, {_backend.dtype_name(slot.dtype)})"
         raise ValueError(
-            f"{kind}: parameter {ref.name!r} is now a {_backend.backend_name(value)} array on device {got_dev} "
-            f"with dtype {_backend.dtype_name(value.dtype)}, but its optimizer state ({slot_name!r}) is a "
-            f"{_backend.backend_name(slot)} array on device {want_dev} with dtype {_backend.dtype_name(slot.dtype)}; "
-            f"the model was moved or cast after the optimizer was built. Build the optimizer after "
-            f"model.to(...), e.g. {kind}(model.parameters(), ...)")
+            f"{kind}: parameter {ref.name!r} is now {got}, but its optimizer state {slot_name!r} is {want}: the "
+            f"model was moved or cast after the optimizer was built. Build the optimizer after model.to(...): "
+            f"{kind}(model.parameters(), ...); to keep this one's progress, load its state_dict() into the new one")
 
     # -- state ---------------------------------------------------------------------------
 
@@ -276,3 +284,6 @@ class Optimizer:
             moved = xp.asarray(host, dtype=value.dtype, device=array_api_compat.device(value), copy=True)
             new_state[ref.name][key.rsplit("/", 1)[1]] = moved
         return new_state
+
+
+Optimizer.hyper_fields = collect_hypers(Optimizer)
