@@ -14,7 +14,12 @@ op                          forward(...) -> (y, cache)                       bac
 ``batch_norm``              ``x, gamma, beta, mean, var, train, m, eps``     ``(dx, dgamma, dbeta)``
 ``dropout``                 ``x, p, rng`` (host generator)                   ``dx``
 ``softmax_cross_entropy``   ``logits, labels`` -> ``(loss, cache)``          ``dlogits`` (``dout`` None means 1)
+``optimizer_update``        ``params, grads, slots, steps, rule, hyper``     (no backward) -> new params
 ==========================  ==============================================  ===================================
+
+``optimizer_update`` is multi-tensor: lists of parameters, gradients and slot dicts (one per parameter),
+the per-parameter step counts, the rule name (``"adam"``) and its hyper-parameters; it returns the new
+parameter values (a fast set may update in place and return the same arrays).
 
 A fast kernel set registers against these ops (``ops.conv2d.register(numpy.ndarray, "cpu", fwd, bwd,
 eligible)``); its forward returns its own cache, which only its own backward reads.
@@ -33,9 +38,10 @@ _dropout = importlib.import_module("xpcnn.functional.dropout")
 _loss = importlib.import_module("xpcnn.functional.loss")
 _norm = importlib.import_module("xpcnn.functional.norm")
 _pool = importlib.import_module("xpcnn.functional.pool")
+_updates = importlib.import_module("xpcnn.functional.updates")
 from .registry import Op
 
-__all__ = ["avg_pool2d", "batch_norm", "conv2d", "dense", "dropout", "leaky_relu", "max_pool2d", "relu",
+__all__ = ["avg_pool2d", "batch_norm", "conv2d", "dense", "dropout", "leaky_relu", "max_pool2d", "optimizer_update", "relu",
            "sigmoid", "softmax_cross_entropy", "tanh"]
 
 
@@ -67,3 +73,4 @@ batch_norm = Op("batch_norm", _norm._batch_norm_forward, _norm._batch_norm_backw
 dropout = Op("dropout", _dropout._dropout_forward, _dropout._dropout_backward)
 softmax_cross_entropy = Op("softmax_cross_entropy", _loss._softmax_cross_entropy_forward,
                            _loss._softmax_cross_entropy_backward)
+optimizer_update = Op("optimizer_update", _updates.optimizer_update)
