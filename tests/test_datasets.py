@@ -305,3 +305,17 @@ def test_fashion_lookup_order(tmp_path, monkeypatch):
     assert tag_of(load_fashion_mnist(verify=False, download=False)) == 3
     monkeypatch.setattr(M, "SYSTEM_DIRS", {})
     assert tag_of(load_fashion_mnist(verify=False, download=False)) == 4
+
+
+# --------------------------------------------------------------------------- docstring examples
+
+
+@pytest.mark.parametrize("module", ["__init__", "arrays", "augment", "cifar10", "idx", "loader", "mnist", "preprocess",
+                                    "sources"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module("xpcnn.datasets" if module == "__init__" else f"xpcnn.datasets.{module}")
+    result = doctest.testmod(mod)
+    assert result.failed == 0
