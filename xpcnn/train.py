@@ -28,7 +28,7 @@ import numpy as np
 from . import backend as B
 from . import checkpoint as ckpt
 from .datasets.loader import BatchIterator
-from .datasets.mnist import train_val_split
+from .datasets.preprocess import train_val_split
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
 

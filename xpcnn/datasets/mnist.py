@@ -1,4 +1,4 @@
-"""MNIST and Fashion-MNIST: find, download, verify and load; small preprocessing helpers.
+"""MNIST and Fashion-MNIST: file names, published checksums, mirrors, lookup order and loading.
 
 Where the four files (``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
 ``t10k-images-idx3-ubyte.gz``, ``t10k-labels-idx1-ubyte.gz``) are looked for,
@@ -29,41 +29,29 @@ file's decompressed bytes must match the published SHA-256 in
 
 from __future__ import annotations
 
-import http.client
 import os
-import tempfile
-import urllib.request
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
-from .. import backend as B
-from .idx import DatasetError, read_idx, sha256_decompressed
+from . import sources
+from .arrays import Dataset
+from .idx import DatasetError, read_idx
+from .sources import DATA_ENV_VAR, DatasetNotFoundError, cache_dir, data_root_dir, scan, verify_digest
 
 __all__ = [
-    "DATA_ENV_VAR",
-    "Dataset",
-    "DatasetNotFoundError",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_MIRRORS",
     "FASHION_MNIST_SHA256",
     "FILES",
     "MNIST_MIRRORS",
     "MNIST_SHA256",
-    "cache_dir",
     "dataset_files",
     "load_fashion_mnist",
     "load_mnist",
-    "standardize",
-    "to_float",
-    "train_val_split",
 ]
-
-#: Environment variable naming a data root with ``mnist/`` and ``fashion-mnist/`` subdirectories.
-DATA_ENV_VAR = "XPCNN_DATA"
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
@@ -101,26 +89,8 @@ FASHION_MNIST_CLASSES = (
 PACKAGED_DIRS: dict[str, tuple[Path, ...]] = {"mnist": (Path(__file__).resolve().parent / "data" / "mnist",)}
 #: Directories installed by system packages (Debian's ``dataset-fashion-mnist``).
 SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {"fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),)}
-#: Seconds to wait on a mirror before giving up on it.
-DOWNLOAD_TIMEOUT = 60.0
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
-
-
-class DatasetNotFoundError(DatasetError, FileNotFoundError):
-    """No place holds the data set (and downloading was off or failed)."""
-
-
-class Dataset(NamedTuple):
-    """A loaded data set: ``x_*`` uint8 ``(N, 28, 28)``, ``y_*`` uint8 ``(N,)`` in ``0..9``.
-
-    Unpacks as ``x_train, y_train, x_test, y_test = load_mnist()``.
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
 
 
 # --------------------------------------------------------------------------- lookup
@@ -141,38 +111,11 @@ def _mirrors(name: str) -> Sequence[str]:
     return MNIST_MIRRORS if name == "mnist" else FASHION_MNIST_MIRRORS
 
 
-def cache_dir() -> Path:
-    """The user cache root: ``$XDG_CACHE_HOME/xpcnn``, else ``~/.cache/xpcnn`` (data sets in subdirectories)."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "xpcnn"
-
-
-def _find(directory: Path, fname: str) -> Path | None:
-    """``directory/NAME.gz`` or the decompressed ``directory/NAME``, whichever exists."""
-    for candidate in (directory / fname, directory / fname.removesuffix(".gz")):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _scan(directory: Path) -> tuple[dict[str, Path], list[str]]:
-    """The files found in ``directory`` and the names missing there."""
-    found, missing = {}, []
-    for fname in FILES:
-        hit = _find(directory, fname)
-        if hit is None:
-            missing.append(fname)
-        else:
-            found[fname] = hit
-    return found, missing
-
-
 def _candidates(name: str) -> list[tuple[str, Path]]:
     places = []
-    root = os.environ.get(DATA_ENV_VAR, "").strip()
-    if root:
-        places.append((f"${DATA_ENV_VAR}", Path(root).expanduser() / name))
+    root = data_root_dir(name)
+    if root is not None:
+        places.append((f"${DATA_ENV_VAR}", root))
     places += [("packaged copy", d) for d in PACKAGED_DIRS.get(name, ())]
     places += [("system package", d) for d in SYSTEM_DIRS.get(name, ())]
     return places
@@ -201,7 +144,7 @@ def dataset_files(
     if path is not None:
         root = Path(path).expanduser()
         for directory in (root, root / name):
-            found, missing = _scan(directory)
+            found, missing = scan(directory, FILES)
             if not missing:
                 return found
             searched.append(f"{directory}: missing {', '.join(missing)}")
@@ -209,16 +152,17 @@ def dataset_files(
             f"{name} not found at the explicit path {root}; searched:\n  " + "\n  ".join(searched)
         )
     for label, directory in _candidates(name):
-        found, missing = _scan(directory)
+        found, missing = scan(directory, FILES)
         if not missing:
             return found
         what = "does not exist" if not directory.is_dir() else f"missing {', '.join(missing)}"
         searched.append(f"{label} {directory}: {what}")
     cache = cache_dir() / name
-    found, missing = _scan(cache)
+    found, missing = scan(cache, FILES)
     if missing and download:
         for fname in missing:
-            found[fname] = _download(fname, cache, _mirrors(name), _digests(name)[fname], progress=progress)
+            check = _checker(fname, _digests(name)[fname])
+            found[fname] = sources.download(fname, cache, _mirrors(name), check, progress=progress)
         missing = []
     if not missing:
         return found
@@ -230,56 +174,13 @@ def dataset_files(
     )
 
 
-# --------------------------------------------------------------------------- download
+def _checker(fname: str, sha256: str) -> Callable[[Path], None]:
+    """A download check: the decompressed bytes must have the published SHA-256."""
 
+    def check(tmp: Path) -> None:
+        verify_digest(tmp, sha256, decompressed=True, name=fname)
 
-def _fetch(url: str, dest: Path, fname: str, progress: bool) -> None:
-    """Stream ``url`` into the open-able file ``dest``, with a tqdm bar."""
-    from tqdm.auto import tqdm
-
-    request = urllib.request.Request(url, headers={"User-Agent": "xpcnn"})
-    with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response, open(dest, "wb") as out:
-        length = response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else None
-        done = 0
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=fname, disable=not progress) as bar:
-            while chunk := response.read(1 << 16):
-                out.write(chunk)
-                done += len(chunk)
-                bar.update(len(chunk))
-        if total is not None and done != total:
-            raise OSError(f"connection closed after {done} of {total} bytes")
-
-
-def _download(fname: str, directory: Path, mirrors: Sequence[str], sha256: str, *, progress: bool) -> Path:
-    """Download ``fname`` from the first mirror that serves the right bytes into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / fname
-    errors = []
-    for base in mirrors:
-        url = base if base.endswith("/") else base + "/"
-        url += fname
-        fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{fname}.", suffix=".part")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            _fetch(url, tmp, fname, progress)
-            actual = sha256_decompressed(tmp)
-            if actual != sha256:
-                raise DatasetError(
-                    f"{fname}: SHA-256 mismatch of the decompressed bytes: expected {sha256}, got {actual}"
-                )
-            os.replace(tmp, target)
-            return target
-        except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError is an OSError
-            errors.append(f"{url}: {exc}")
-            warnings.warn(f"downloading {url} failed: {exc}; trying the next mirror", stacklevel=3)
-        finally:
-            tmp.unlink(missing_ok=True)
-    raise DatasetError(
-        f"could not download {fname} into {directory}: "
-        + ("no mirrors configured" if not errors else "every mirror failed:\n  " + "\n  ".join(errors))
-    )
+    return check
 
 
 # --------------------------------------------------------------------------- loading
@@ -319,7 +220,7 @@ def load_mnist(
         path: a directory holding the four files (or a root with ``mnist/``);
             when given, nothing else is searched.
         verify: check every file's decompressed SHA-256 against :data:`MNIST_SHA256`.
-        download: allow fetching missing files into the cache (see :func:`cache_dir`).
+        download: allow fetching missing files into the cache (see :func:`~.sources.cache_dir`).
         progress: show a progress bar while downloading.
 
     Example:
@@ -339,65 +240,3 @@ def load_fashion_mnist(
 ) -> Dataset:
     """Load Fashion-MNIST (same shapes as :func:`load_mnist`; class names in :data:`FASHION_MNIST_CLASSES`)."""
     return _load("fashion-mnist", path, verify, download, progress)
-
-
-# --------------------------------------------------------------------------- preprocessing (host side)
-
-
-def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 images ``(N, H, W)`` or ``(N, C, H, W)`` -> float32 ``(N, 1|C, H, W)`` in ``[0, 1]``."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise TypeError(f"to_float expects uint8 images, got {images.dtype}")
-    if images.ndim == 3:
-        images = images[:, None, :, :]
-    elif images.ndim != 4:
-        raise ValueError(f"to_float expects images of shape (N, H, W) or (N, C, H, W), got {images.shape}")
-    return images.astype(np.float32) * np.float32(1.0 / 255.0)
-
-
-def standardize(
-    x: np.ndarray, mean: float | None = None, std: float | None = None
-) -> tuple[np.ndarray, float, float]:
-    """``(x - mean) / std`` as float32, with one scalar mean and std over all of ``x``.
-
-    Compute the statistics on the training set and pass them for the others::
-
-        x_train, mean, std = standardize(to_float(ds.x_train))
-        x_test, _, _ = standardize(to_float(ds.x_test), mean, std)
-
-    Returns:
-        ``(x_standardized, mean, std)``; ``mean`` and ``std`` are Python floats.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    mean = float(x.mean(dtype=np.float64)) if mean is None else float(mean)
-    std = float(x.std(dtype=np.float64)) if std is None else float(std)
-    if not std > 0.0:
-        raise ValueError(f"standardize needs a positive std, got {std}")
-    return ((x - np.float32(mean)) / np.float32(std)).astype(np.float32, copy=False), mean, std
-
-
-def train_val_split(
-    x: np.ndarray,
-    y: np.ndarray,
-    val_fraction: float,
-    rng: np.random.Generator | int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Split ``(x, y)`` at random into ``(x_train, y_train, x_val, y_val)``.
-
-    ``round(N * val_fraction)`` samples go to validation, chosen with the host
-    generator ``xpcnn.backend.host_rng(rng)`` (an int seed is reproducible).
-    Both parts keep the original order of their samples; not stratified.
-    """
-    x, y = np.asarray(x), np.asarray(y)
-    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must have the same number of samples, got shapes {x.shape} and {y.shape}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    n = x.shape[0]
-    n_val = round(n * val_fraction)
-    if not 0 < n_val < n:
-        raise ValueError(f"val_fraction={val_fraction} of {n} samples leaves an empty train or validation set")
-    perm = B.host_rng(rng).permutation(n)
-    val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
