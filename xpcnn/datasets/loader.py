@@ -82,7 +82,7 @@ class BatchIterator:
         if backend is None:
             self.backend = B.get_backend()
         else:
-            self.backend = backend if isinstance(backend, B.Backend) else B._resolve(backend)
+            self.backend = backend if isinstance(backend, B.Backend) else B.resolve(backend)
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
