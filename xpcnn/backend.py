@@ -87,11 +87,11 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     """Split ``"cupy:1"`` into ``("cupy", "1")`` and ``"numpy"`` into ``("numpy", None)``."""
     if not isinstance(spec, str) or not spec.strip():
         raise BackendError(f"backend spec must be a non-empty string like 'numpy' or 'cupy:0', got {spec!r}")
-    name, _, device = spec.strip().partition(":")
+    name, _, device_text = spec.strip().partition(":")
     name = name.strip().lower().replace("-", "_")
     if name not in KNOWN_BACKENDS:
         raise BackendError(f"unknown backend {name!r} (from {spec!r}); expected one of {', '.join(KNOWN_BACKENDS)}")
-    device = device.strip() or None
+    device = device_text.strip() or None
     if name in ("numpy", "array_api_strict") and device not in (None, "cpu"):
         raise BackendError(f"backend {name!r} only has a CPU device, got device {device!r}")
     if name == "cupy" and device is not None and not (device.isdigit() or device == "cuda"):

@@ -201,7 +201,7 @@ def _conv2d_forward(x: Any, W: Any, b: Any | None, stride: Pair, padding: Pair,
     y = xp.matmul(_weights_as_matrix(xp, W), col)  # (F, K) @ (N, K, L) -> (N, F, L)
     if b is not None:
         y += xp.reshape(b, (F, 1))
-    cache = ConvCache(col, tuple(x.shape), W, stride, padding, dilation, (oh, ow))  # type: ignore[arg-type]
+    cache = ConvCache(col, tuple(x.shape), W, stride, padding, dilation, (oh, ow))
     return xp.reshape(y, (N, F, oh, ow)), cache
 
 

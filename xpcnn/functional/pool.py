@@ -65,7 +65,7 @@ def pool_geometry(x_shape: tuple[int, ...], kernel_size: int | Pair, stride: int
     out = tuple(output_size(sizes[a], k[a], s[a], p[a], 1, axis, ceil_mode)
                 for a, axis in enumerate(("height", "width")))
     extra = tuple(max(0, (out[a] - 1) * s[a] + k[a] - (sizes[a] + 2 * p[a])) for a in range(2))
-    return PoolGeometry(k, s, p, out, extra)  # type: ignore[arg-type]
+    return PoolGeometry(k, s, p, out, extra)
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def _max_pool2d_forward(x: Any, g: PoolGeometry) -> tuple[Any, PoolCache]:
     for t in range(1, windows.shape[0]):
         argmax += xp.astype(running < y, index_dtype)
         running = xp.maximum(running, windows[t, ...])
-    return y, PoolCache(tuple(x.shape), g, argmax)  # type: ignore[arg-type]
+    return y, PoolCache(tuple(x.shape), g, argmax)
 
 
 def _max_pool2d_backward(dout: Any, cache: PoolCache) -> Any:
@@ -195,7 +195,7 @@ def _divisor(g: PoolGeometry, x_shape: tuple[int, ...], like: Any) -> Any:
 def _avg_pool2d_forward(x: Any, g: PoolGeometry) -> tuple[Any, PoolCache]:
     xp = array_api_compat.array_namespace(x)
     y = xp.sum(_windows(x, g, 0.0), axis=0) / _divisor(g, x.shape, x)
-    return y, PoolCache(tuple(x.shape), g)  # type: ignore[arg-type]
+    return y, PoolCache(tuple(x.shape), g)
 
 
 def _avg_pool2d_backward(dout: Any, cache: PoolCache) -> Any:
