@@ -5,12 +5,10 @@ Pick where arrays live with ``XPCNN_BACKEND=numpy|cupy|torch|array_api_strict``
 array namespace from their inputs.
 """
 
-from . import backend, checks, functional, initializers, kernels, layers
+from . import backend, checkpoint, checks, datasets, functional, initializers, kernels, layers, models, optim, train  # noqa: E402,I001  (they import the above)
 from .backend import asarray, get_backend, set_backend, to_numpy, using
 from .gradient_check import gradcheck
 from .model import Sequential
-
-from . import checkpoint, datasets, models, optim, train  # noqa: E402,I001  (they import the above)
 
 __version__ = "0.1.0"
 

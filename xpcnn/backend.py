@@ -106,7 +106,7 @@ def _import(name: str) -> Any:
         raise BackendError(f"backend {name!r} is not available: {exc}. To fix: {_INSTALL_HINTS[name]}") from exc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def resolve(spec: str) -> Backend:
     """The :class:`Backend` for a spec such as ``"numpy"`` or ``"cupy:1"`` (cached); BackendError if unusable."""
     name, device = parse_spec(spec)
@@ -129,7 +129,8 @@ def resolve(spec: str) -> Backend:
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError when the driver is missing
-        raise BackendError(f"backend 'cupy' needs a CUDA GPU, but CUDA reports: {exc}. {_INSTALL_HINTS['cupy']}") from exc
+        raise BackendError(f"backend 'cupy' needs a CUDA GPU, but CUDA reports: {exc}. "
+                           f"{_INSTALL_HINTS['cupy']}") from exc
     index = int(device) if device not in (None, "cuda") else 0
     if not 0 <= index < count:
         raise BackendError(f"CUDA device {index} requested, but {count} device(s) are visible")

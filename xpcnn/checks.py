@@ -7,9 +7,8 @@ call; the kernels they dispatch to do not validate again.
 
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 import array_api_compat
 

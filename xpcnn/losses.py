@@ -9,7 +9,7 @@ from . import kernels
 
 
 class SoftmaxCrossEntropy:
-    """Mean softmax cross-entropy of logits ``(N, C)`` against integer labels ``(N,)`` (op ``softmax_cross_entropy``)."""
+    """Mean softmax cross-entropy of logits ``(N, C)`` against integer labels ``(N,)`` (op: softmax_cross_entropy)."""
 
     def __init__(self) -> None:
         self._cache: Any = None

@@ -6,16 +6,40 @@ functions take ``(dout, cache)``; the public functions validate their arguments 
 Import it as ``from xpcnn import functional as F``.
 """
 
-from .activation import (leaky_relu, leaky_relu_backward, log_softmax, relu, relu_backward, sigmoid,
-                         sigmoid_backward, softmax, tanh, tanh_backward)
+from .activation import (
+                         leaky_relu,
+                         leaky_relu_backward,
+                         log_softmax,
+                         relu,
+                         relu_backward,
+                         sigmoid,
+                         sigmoid_backward,
+                         softmax,
+                         tanh,
+                         tanh_backward,
+)
 from .conv import ConvCache, check_conv_args, col2im, conv2d, conv2d_backward, conv2d_forward, conv_geometry, im2col
 from .dense import check_dense_args, dense, dense_backward, dense_forward
 from .dropout import dropout_backward, dropout_forward, dropout_mask
-from .loss import (check_labels, mean_squared_error, mean_squared_error_backward, one_hot, softmax_cross_entropy,
-                   softmax_cross_entropy_backward)
+from .loss import (
+                         check_labels,
+                         mean_squared_error,
+                         mean_squared_error_backward,
+                         one_hot,
+                         softmax_cross_entropy,
+                         softmax_cross_entropy_backward,
+)
 from .norm import BatchNormCache, batch_norm_backward, batch_norm_forward, check_batch_norm_args
-from .pool import (PoolCache, avg_pool2d, avg_pool2d_backward, avg_pool2d_forward, max_pool2d, max_pool2d_backward,
-                   max_pool2d_forward, pool_geometry)
+from .pool import (
+                         PoolCache,
+                         avg_pool2d,
+                         avg_pool2d_backward,
+                         avg_pool2d_forward,
+                         max_pool2d,
+                         max_pool2d_backward,
+                         max_pool2d_forward,
+                         pool_geometry,
+)
 
 __all__ = [
     "BatchNormCache", "ConvCache", "PoolCache", "avg_pool2d", "avg_pool2d_backward", "avg_pool2d_forward",

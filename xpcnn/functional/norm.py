@@ -9,8 +9,8 @@ returns updated running statistics (PyTorch convention):
     running_var  <- (1 - momentum) * running_var  + momentum * var * M / (M - 1)
 
 with M the number of values per feature (N, or N*H*W); the running statistics are updated in
-place (they are the layer's buffers).  Eval mode uses the running statistics instead.  Statistics are per feature: axis 0 for (N, D),
-axes (0, 2, 3) for (N, C, H, W).
+place (they are the layer's buffers).  Eval mode uses the running statistics instead.
+Statistics are per feature: axis 0 for (N, D), axes (0, 2, 3) for (N, C, H, W).
 """
 
 from __future__ import annotations

@@ -12,10 +12,22 @@ chooses; see :mod:`xpcnn.kernels.registry` and the op table in :mod:`xpcnn.kerne
 [0.0, 1.0]
 """
 
-from .ops import (avg_pool2d, batch_norm, conv2d, dense, dropout, leaky_relu, max_pool2d, optimizer_update, relu,
-                  sigmoid, softmax_cross_entropy, tanh)
+from .ops import (
+                  avg_pool2d,
+                  batch_norm,
+                  conv2d,
+                  dense,
+                  dropout,
+                  leaky_relu,
+                  max_pool2d,
+                  optimizer_update,
+                  relu,
+                  sigmoid,
+                  softmax_cross_entropy,
+                  tanh,
+)
 from .registry import ENV_VAR, MODES, KernelError, KernelSet, Op, active_sets, kernel_mode, register_set, using_kernels
 
 __all__ = ["ENV_VAR", "MODES", "KernelError", "KernelSet", "Op", "active_sets", "avg_pool2d", "batch_norm", "conv2d",
-           "dense", "dropout", "kernel_mode", "leaky_relu", "max_pool2d", "optimizer_update", "register_set", "relu", "sigmoid",
-           "softmax_cross_entropy", "tanh", "using_kernels"]
+           "dense", "dropout", "kernel_mode", "leaky_relu", "max_pool2d", "optimizer_update", "register_set", "relu",
+           "sigmoid", "softmax_cross_entropy", "tanh", "using_kernels"]

@@ -29,20 +29,27 @@ from __future__ import annotations
 
 from typing import Any
 
-import importlib
-
-_act = importlib.import_module("xpcnn.functional.activation")
-_conv = importlib.import_module("xpcnn.functional.conv")
-_dense = importlib.import_module("xpcnn.functional.dense")  # (the package re-exports a function of that name)
-_dropout = importlib.import_module("xpcnn.functional.dropout")
-_loss = importlib.import_module("xpcnn.functional.loss")
-_norm = importlib.import_module("xpcnn.functional.norm")
-_pool = importlib.import_module("xpcnn.functional.pool")
-_updates = importlib.import_module("xpcnn.functional.updates")
+from ..functional import updates as _updates
+from ..functional.activation import (
+    _leaky_relu,
+    _leaky_relu_backward,
+    _relu,
+    _relu_backward,
+    _sigmoid,
+    _sigmoid_backward,
+    _tanh,
+    _tanh_backward,
+)
+from ..functional.conv import _conv2d_backward, _conv2d_forward
+from ..functional.dense import _dense_backward, _dense_forward
+from ..functional.dropout import _dropout_backward, _dropout_forward
+from ..functional.loss import _softmax_cross_entropy_backward, _softmax_cross_entropy_forward
+from ..functional.norm import _batch_norm_backward, _batch_norm_forward
+from ..functional.pool import _avg_pool2d_backward, _avg_pool2d_forward, _max_pool2d_backward, _max_pool2d_forward
 from .registry import Op
 
-__all__ = ["avg_pool2d", "batch_norm", "conv2d", "dense", "dropout", "leaky_relu", "max_pool2d", "optimizer_update", "relu",
-           "sigmoid", "softmax_cross_entropy", "tanh"]
+__all__ = ["avg_pool2d", "batch_norm", "conv2d", "dense", "dropout", "leaky_relu", "max_pool2d", "optimizer_update",
+           "relu", "sigmoid", "softmax_cross_entropy", "tanh"]
 
 
 def _output_is_cache(fn: Any) -> Any:
@@ -54,23 +61,22 @@ def _output_is_cache(fn: Any) -> Any:
 
 
 def _leaky_forward(x: Any, alpha: float) -> tuple[Any, tuple[Any, float]]:
-    return _act._leaky_relu(x, alpha), (x, alpha)
+    return _leaky_relu(x, alpha), (x, alpha)
 
 
 def _leaky_backward(dout: Any, cache: tuple[Any, float]) -> Any:
-    return _act._leaky_relu_backward(dout, *cache)
+    return _leaky_relu_backward(dout, *cache)
 
 
-conv2d = Op("conv2d", _conv._conv2d_forward, _conv._conv2d_backward)
-max_pool2d = Op("max_pool2d", _pool._max_pool2d_forward, _pool._max_pool2d_backward)
-avg_pool2d = Op("avg_pool2d", _pool._avg_pool2d_forward, _pool._avg_pool2d_backward)
-dense = Op("dense", _dense._dense_forward, _dense._dense_backward)
-relu = Op("relu", _output_is_cache(_act._relu), _act._relu_backward)
-sigmoid = Op("sigmoid", _output_is_cache(_act._sigmoid), _act._sigmoid_backward)
-tanh = Op("tanh", _output_is_cache(_act._tanh), _act._tanh_backward)
+conv2d = Op("conv2d", _conv2d_forward, _conv2d_backward)
+max_pool2d = Op("max_pool2d", _max_pool2d_forward, _max_pool2d_backward)
+avg_pool2d = Op("avg_pool2d", _avg_pool2d_forward, _avg_pool2d_backward)
+dense = Op("dense", _dense_forward, _dense_backward)
+relu = Op("relu", _output_is_cache(_relu), _relu_backward)
+sigmoid = Op("sigmoid", _output_is_cache(_sigmoid), _sigmoid_backward)
+tanh = Op("tanh", _output_is_cache(_tanh), _tanh_backward)
 leaky_relu = Op("leaky_relu", _leaky_forward, _leaky_backward)
-batch_norm = Op("batch_norm", _norm._batch_norm_forward, _norm._batch_norm_backward)
-dropout = Op("dropout", _dropout._dropout_forward, _dropout._dropout_backward)
-softmax_cross_entropy = Op("softmax_cross_entropy", _loss._softmax_cross_entropy_forward,
-                           _loss._softmax_cross_entropy_backward)
+batch_norm = Op("batch_norm", _batch_norm_forward, _batch_norm_backward)
+dropout = Op("dropout", _dropout_forward, _dropout_backward)
+softmax_cross_entropy = Op("softmax_cross_entropy", _softmax_cross_entropy_forward, _softmax_cross_entropy_backward)
 optimizer_update = Op("optimizer_update", _updates.optimizer_update)

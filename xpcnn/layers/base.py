@@ -76,7 +76,8 @@ class Layer(abc.ABC):
         return None
 
     def load_rng_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`rng_state` returned."""
+        """Restore what :meth:`rng_state` returned (a layer without a generator accepts nothing)."""
+        raise ValueError(f"{type(self).__name__} has no random generator, but a generator state was given for it")
 
     def _check_input(self, x: Any, ndim: int | tuple[int, ...], layout: str) -> None:
         """Validate the input once per call: same backend and device as the parameters, rank, dtype."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import backend as B
 from .. import kernels
 from ..checks import integer, pair
 from ..functional.conv import conv_geometry
