@@ -123,6 +123,8 @@ class EarlyStopping:
         self.monitor, self.mode, self.patience = monitor, self._monitor.mode, patience
         self.min_delta, self.restore_best = float(min_delta), restore_best
         self.wait = 0
+        #: the epoch of the best value (None until one is seen)
+        self.best_epoch: int | None = None
         self.best_state: dict[str, Any] | None = None
         self.stopped_epoch: int | None = None
         self._replayed = False
@@ -131,9 +133,9 @@ class EarlyStopping:
     def best(self) -> float:
         return self._monitor.best
 
-    def _consider(self, value: float) -> bool:
+    def _consider(self, value: float, epoch: int) -> bool:
         if self._monitor.improves(value):
-            self._monitor.best, self.wait = value, 0
+            self._monitor.best, self.wait, self.best_epoch = value, 0, epoch
             return True
         self.wait += 1
         return False
@@ -144,8 +146,8 @@ class EarlyStopping:
             self._replayed = True
             for e in trainer.history.epochs:
                 if e is not logs and self.monitor in e:
-                    self._consider(float(e[self.monitor]))
-        if self._consider(value):
+                    self._consider(float(e[self.monitor]), int(e["epoch"]))
+        if self._consider(value, int(logs["epoch"])):
             if self.restore_best:
                 self.best_state = {k: B.to_numpy(v).copy() for k, v in trainer.model.state_dict().items()}
             return False
