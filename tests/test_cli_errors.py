@@ -264,6 +264,8 @@ def test_resume_errors(ckpt, small_mnist, tmp_path):
         ([str(ckpt)], ["--model", "simple"], ["trained with --model lenet5, this run asks for --model simple"]),
         ([str(ckpt)], ["--optimizer", "sgd"], ["trained with --optimizer adam, this run asks for --optimizer sgd"]),
         ([str(ckpt)], ["--seed", "1"], ["trained with --seed 0, this run asks for --seed 1"]),
+        ([str(ckpt)], ["--dataset", "fashion-mnist"], ["trained with --dataset mnist, this run asks for --dataset "
+                                                       "fashion-mnist"]),
         ([str(ckpt)], ["--val-split", "0.2"], ["trained with --val-split 0.1, this run asks for --val-split 0.2"]),
         ([str(ckpt)], ["--limit", "200"], ["trained with --limit 300, this run asks for --limit 200"]),
         ([str(ckpt)], ["--batch-size", "32"], ["--batch-size 64", "a resumed run keeps it"]),
