@@ -43,7 +43,7 @@ class Terminated(BaseException):
 
 
 def one_line(text: str) -> str:
-    """``text`` with its lines joined by ``"; "`` (``" "`` after a colon) and runs of spaces collapsed.
+    r"""``text`` with its lines joined by ``"; "`` (``" "`` after a colon) and runs of spaces collapsed.
 
     >>> one_line("searched:\n  a: missing\n  b: missing")
     'searched: a: missing; b: missing'
