@@ -96,6 +96,8 @@ def _resolve(args: argparse.Namespace) -> tuple[Recipe, dict[str, Any], dict[str
         run[flag] = given if given is not None else saved
     if run["val_split"] is None and "val_split" not in extra:
         run["val_split"] = 0.0  # written before the held-out split existed: the test set was its validation
+    if run["seed"] is None:
+        run["seed"] = 0
     known = {f.name for f in Recipe.__dataclass_fields__.values()}
     saved_recipe = Recipe(**{k: v for k, v in extra["recipe"].items() if k in known and k != "model"},
                           model=extra["model"])
