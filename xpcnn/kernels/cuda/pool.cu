@@ -9,7 +9,7 @@
 // y: (N, F, PH, PW) written through strides (yn, yf, yh, yw); argmax: C-contiguous (N, F, PH, PW) or null.
 // v = relu(z + b) per tap, then max over the (PKH, PKW) window at stride (PSH, PSW), padding (PPH, PPW).
 // With a 1x1 window this is the plain conv epilogue (bias, optional ReLU, layout change).
-extern "C" __global__ void bias_relu_maxpool_f32(const float* __restrict__ z, const float* __restrict__ b,
+extern "C" __global__ void bias_relu_maxpool_f32(const float* z, const float* __restrict__ b,
                                                  float* y, int* __restrict__ argmax,
                                                  int N, int F, int H, int W,
                                                  int PKH, int PKW, int PSH, int PSW, int PPH, int PPW,

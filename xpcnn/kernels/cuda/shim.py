@@ -59,7 +59,7 @@ def kernels_in(text: str) -> dict[str, tuple[tuple[Param, ...], bool]]:
     ``cooperative``: the kernel (or a device function it calls) uses ``__syncthreads``; decided per
     source file, which is exact for this package (loss.cu is the only such file).
     """
-    cooperative = "__syncthreads" in text
+    cooperative = "__syncthreads" in _strip_comments(text)
     found = {}
     for match in _KERNEL.finditer(text):
         params = []
@@ -72,6 +72,10 @@ def kernels_in(text: str) -> dict[str, tuple[tuple[Param, ...], bool]]:
             params.append(Param(ctype, name))
         found[match.group(1)] = (tuple(params), cooperative)
     return found
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"//[^\n]*|/\*.*?\*/", "", text, flags=re.S)
 
 
 def compiler() -> str | None:
