@@ -45,11 +45,13 @@ extern "C" __global__ void bias_relu_maxpool_f32(const float* z, const float* __
     }
 }
 
-// dx[n, c, h, w] = sum of dout over the windows whose first maximum is (h, w), taps in row-major order,
-// times [y > 0] when y (the ReLU output before pooling) is given: the fused pool + ReLU backward.
-// dout, argmax: C-contiguous (N, C, PH, PW); y and dx: (N, C, H, W) through strides (sn, sc, sh, sw).
+// dx[n, c, h, w] = sum of dout over the windows whose first maximum is (h, w), taps in row-major order.
+// The fused pool + ReLU backward: when ypool (the pooled ReLU output) is given, a window contributes only
+// where ypool > 0.  That equals the reference's relu_backward(pool_backward(dout), relu_out): every window
+// that selects (h, w) has ypool = relu_out[h, w], so [relu_out > 0] is the same for all of them.
+// dout, argmax, ypool: C-contiguous (N, C, PH, PW); dx: (N, C, H, W) through strides (sn, sc, sh, sw).
 extern "C" __global__ void maxpool_relu_backward_f32(const float* __restrict__ dout, const int* __restrict__ argmax,
-                                                     const float* __restrict__ y, float* __restrict__ dx,
+                                                     const float* __restrict__ ypool, float* __restrict__ dx,
                                                      int N, int C, int H, int W,
                                                      int PKH, int PKW, int PSH, int PSW, int PPH, int PPW,
                                                      int PH, int PW,
@@ -70,12 +72,10 @@ extern "C" __global__ void maxpool_relu_backward_f32(const float* __restrict__ d
                 const int ww = w + PPW - j;
                 if (ww < 0 || ww % PSW != 0 || ww / PSW >= PW) continue;
                 const long long o = plane + (long long)ph * PW + ww / PSW;
-                if (argmax[o] == i * PKW + j) acc = __fadd_rn(acc, dout[o]);
+                if (argmax[o] == i * PKW + j && (!ypool || ypool[o] > 0.0f)) acc = __fadd_rn(acc, dout[o]);
             }
         }
-        const long long at = n * sn + c * sc + h * sh + w * sw;
-        if (y) acc = __fmul_rn(acc, y[at] > 0.0f ? 1.0f : 0.0f);
-        dx[at] = acc;
+        dx[n * sn + c * sc + h * sh + w * sw] = acc;
     }
 }
 
