@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["NVRTC_OPTIONS", "SOURCES", "SOURCE_DIR", "source"]
+__all__ = ["NVRTC_OPTIONS", "OPT_IN_VAR", "SOURCES", "SOURCE_DIR", "register", "source"]
 
 SOURCE_DIR = Path(__file__).resolve().parent
 
@@ -37,3 +37,23 @@ def source(name: str) -> str:
     if name not in SOURCES:
         raise ValueError(f"unknown CUDA source {name!r}; expected one of {', '.join(SOURCES)}")
     return (SOURCE_DIR / name).read_text(encoding="utf-8")
+
+
+#: opting in to the CUDA set while it is untested on a GPU: ``XPCNN_CUDA_KERNELS=1``
+OPT_IN_VAR = "XPCNN_CUDA_KERNELS"
+
+
+def register() -> bool:
+    """Declare the CUDA set for ``cupy`` arrays with the registry, if ``$XPCNN_CUDA_KERNELS`` is ``1``.
+
+    Until a GPU run has verified the kernels (``xpcnn.kernels.cuda.verify``), CuPy arrays use the
+    reference ops unless the user opts in; returns whether the set was declared.
+    """
+    import os
+
+    from ..registry import register_set
+
+    if os.environ.get(OPT_IN_VAR, "0").strip() != "1":
+        return False
+    register_set("cuda", "cupy", "xpcnn.kernels.cuda.load")
+    return True

@@ -113,11 +113,11 @@ class StandInArray:
 
     @property
     def T(self) -> StandInArray:
-        return StandInArray(self._a.T, self._ns)
+        return self._ns._new(self._a.T)
 
     @property
     def mT(self) -> StandInArray:
-        return StandInArray(np.swapaxes(self._a, -1, -2), self._ns)
+        return self._ns._new(np.swapaxes(self._a, -1, -2))
 
     def __array_namespace__(self, api_version: str | None = None) -> StandIn:
         return self._ns
@@ -163,24 +163,24 @@ class StandInArray:
 
     def transpose(self, *axes: Any) -> StandInArray:
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        return StandInArray(self._a.transpose(*axes) if axes else self._a.transpose(), self._ns)
+        return self._ns._new(self._a.transpose(*axes) if axes else self._a.transpose())
 
     def astype(self, dtype: Any, copy: bool = True) -> StandInArray:
         return self._ns.astype(self, dtype, copy=copy)
 
     def copy(self) -> StandInArray:
         self._ns._count("copy:copy")
-        return StandInArray(self._a.copy(), self._ns)
+        return self._ns._new(self._a.copy())
 
     def __getitem__(self, key: Any) -> StandInArray:
         key = _unwrap(key)
         out = self._a[key]
         if isinstance(out, np.generic):  # one element: a 0-d view in CuPy
-            return StandInArray(np.asarray(out), self._ns)
+            return self._ns._new(np.asarray(out))
         if not np.may_share_memory(out, self._a):
             self._ns._count("gather:getitem")
             out = np.asarray(out)
-        return StandInArray(out, self._ns)
+        return self._ns._new(out)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._ns._count("copy:setitem")
@@ -199,7 +199,7 @@ def _binary(name: str, fn: Callable[[Any, Any], Any], reflected: bool = False) -
             return NotImplemented
         self._ns._count(f"elementwise:{name}")
         a, b = (_unwrap(other), self._a) if reflected else (self._a, _unwrap(other))
-        return StandInArray(np.asarray(fn(a, b)), self._ns)
+        return self._ns._new(np.asarray(fn(a, b)))
     return method
 
 
@@ -231,8 +231,8 @@ StandInArray.__rmatmul__ = lambda self, other: self._ns.matmul(other, self)  # t
 for _name, _fn in (("neg", operator.neg), ("pos", operator.pos), ("abs", operator.abs),
                    ("invert", operator.invert)):
     setattr(StandInArray, f"__{_name}__",
-            (lambda n, f: lambda self: (self._ns._count(f"elementwise:{n}"), StandInArray(np.asarray(f(self._a)),
-                                                                                           self._ns))[1])(_name, _fn))
+            (lambda n, f: lambda self: (self._ns._count(f"elementwise:{n}"),
+                                        self._ns._new(np.asarray(f(self._a))))[1])(_name, _fn))
 
 
 class _Kernel:
@@ -259,20 +259,24 @@ class StandIn:
 
     def __init__(self) -> None:
         self.ledger = Ledger()
-        self.ndarray = StandInArray
+        # a class of its own, so kernel sets installed on two stand-ins never see each other's arrays
+        self.ndarray: type[StandInArray] = type("StandInArray", (StandInArray,), {"__slots__": ()})
         for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16",
                      "uint32", "uint64", "bool", "complex64", "complex128", "e", "pi", "inf", "nan", "newaxis"):
             setattr(self, name, getattr(np, name if name != "bool" else "bool_"))
         self.__name__ = "xpcnn.kernels.cuda.standin"
+
+    def _new(self, a: np.ndarray) -> StandInArray:
+        return self.ndarray(a, self)
 
     def _count(self, kind: str) -> None:
         self.ledger.launches[kind] += 1
 
     def _wrap(self, out: Any) -> Any:
         if isinstance(out, np.ndarray):
-            return StandInArray(out, self)
+            return self._new(out)
         if isinstance(out, np.generic):
-            return StandInArray(np.asarray(out), self)
+            return self._new(np.asarray(out))
         if isinstance(out, tuple):
             return tuple(self._wrap(o) for o in out)
         if isinstance(out, list):
@@ -288,23 +292,23 @@ class StandIn:
                 return x
             return self.astype(x, dtype)
         self.ledger.launches["transfer:host_to_device"] += 1
-        return StandInArray(np.array(x, dtype=dtype), self)
+        return self._new(np.array(x, dtype=dtype))
 
     def from_numpy(self, x: np.ndarray) -> StandInArray:
         """A device copy of a host array, not counted (test set-up)."""
-        return StandInArray(np.array(x), self)
+        return self._new(np.array(x))
 
     def astype(self, x: StandInArray, dtype: Any, copy: bool = True, device: Any = None) -> StandInArray:
         if not copy and x.dtype == np.dtype(dtype):
             return x
         self._count("cast:astype")
-        return StandInArray(x._a.astype(dtype), self)
+        return self._new(x._a.astype(dtype))
 
     def ascontiguousarray(self, x: StandInArray, dtype: Any = None) -> StandInArray:
         if x._a.flags.c_contiguous and (dtype is None or np.dtype(dtype) == x.dtype):
             return x
         self._count("copy:ascontiguousarray")
-        return StandInArray(np.ascontiguousarray(x._a, dtype=dtype), self)
+        return self._new(np.ascontiguousarray(x._a, dtype=dtype))
 
     def matmul(self, a: Any, b: Any, out: Any = None) -> StandInArray:
         A, Bm = _unwrap(a), _unwrap(b)
@@ -323,13 +327,13 @@ class StandIn:
         if out is not None:
             np.matmul(A, Bm, out=out._a)
             return out
-        return StandInArray(np.matmul(A, Bm), self)
+        return self._new(np.matmul(A, Bm))
 
     def reshape(self, x: StandInArray, shape: Any, copy: Any = None) -> StandInArray:
         out = np.reshape(x._a, shape)
         if not np.may_share_memory(out, x._a) and out.size:
             self._count("copy:reshape")
-        return StandInArray(out, self)
+        return self._new(out)
 
     def __getattr__(self, name: str) -> Any:
         fn = getattr(np, name, None)
