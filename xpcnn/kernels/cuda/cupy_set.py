@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import ops
 from ...functional import updates as _updates
+from .. import ops
 from . import NVRTC_OPTIONS, source
 
 __all__ = ["DENSE_KERNEL_LIMIT", "FlatGroup", "KERNEL_SET", "Kernels", "conv_relu_maxpool_backward",
@@ -105,6 +105,12 @@ def _memory_order(a: Any) -> tuple[int, ...] | None:
             return None
         expect *= a.shape[ax]
     return perm
+
+
+def _order(a: Any) -> tuple[int, ...]:
+    """:func:`_memory_order`, or C order for an array with gaps (a fresh array then gets C order)."""
+    perm = _memory_order(a)
+    return tuple(range(a.ndim)) if perm is None else perm
 
 
 def _empty_in_order(cp: Any, shape: tuple[int, ...], perm: tuple[int, ...], dtype: Any) -> Any:
@@ -277,16 +283,15 @@ def _dense_layout(*arrays: Any) -> bool:
 
 
 def _relu_forward(k: Kernels, x: Any) -> tuple[Any, Any]:
-    perm = _memory_order(x)
-    y = _empty_in_order(k.cp, tuple(x.shape), perm, np.float32)
+    y = _empty_in_order(k.cp, tuple(x.shape), _order(x), np.float32)
     k.launch("pool.cu", "relu_f32", x.size, (x, y, i64(x.size)))
     return y, y
 
 
 def _relu_backward(k: Kernels, dout: Any, y: Any) -> Any:
     if not _dense_layout(y, dout):  # different layouts: bring dout into y's
-        dout = _copy_in_order(k, dout, _memory_order(y))
-    dx = _empty_in_order(k.cp, tuple(y.shape), _memory_order(y), np.float32)
+        dout = _copy_in_order(k, dout, _order(y))
+    dx = _empty_in_order(k.cp, tuple(y.shape), _order(y), np.float32)
     k.launch("pool.cu", "relu_backward_f32", y.size, (dout, y, dx, i64(y.size)))
     return dx
 
@@ -317,8 +322,7 @@ def _max_pool_forward(k: Kernels, x: Any, g: Any) -> tuple[Any, Any]:
     y = k.cp.empty((N, C, *g.out), dtype=np.float32)
     argmax = k.cp.empty((N, C, *g.out), dtype=np.int32)
     _epilogue(k, x, None, y, argmax, _pool_args(g), False, tuple(g.out))
-    order = _memory_order(x) or (0, 1, 2, 3)
-    return y, _PoolCache(tuple(x.shape), order, g, argmax)
+    return y, _PoolCache(tuple(x.shape), _order(x), g, argmax)
 
 
 def _pool_backward_into(k: Kernels, dout: Any, c: _PoolCache, dx: Any) -> Any:
@@ -524,8 +528,8 @@ def _new_group(k: Kernels, params: list[Any], slots: list[dict[str, Any]], names
     cp = k.cp
     sizes = [int(p.size) for p in params]
     offsets = [0]
-    for n in sizes[:-1]:
-        offsets.append(offsets[-1] + n)
+    for size in sizes[:-1]:
+        offsets.append(offsets[-1] + size)
     total = sum(sizes)
     group = FlatGroup(cp.empty(total, dtype=np.float32), cp.zeros(total, dtype=np.float32),
                       {n: cp.empty(total, dtype=np.float32) for n in names}, offsets, sizes,

@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import NVRTC_OPTIONS, SOURCES, source
 
@@ -57,7 +58,7 @@ class CompileResult:
         return [k for k in self.kernels if k.spill_stores or k.spill_loads]
 
 
-def load_nvrtc() -> object:
+def load_nvrtc() -> Any:
     """``cuda.bindings.nvrtc`` with its library loaded; raises :class:`NvrtcUnavailable` if absent."""
     try:
         from cuda.bindings import nvrtc
@@ -106,14 +107,14 @@ def parse_ptxas(log: str) -> list[KernelReport]:
     return reports
 
 
-def _check(result: tuple, what: str) -> tuple:
+def _check(result: tuple[Any, ...], what: str) -> tuple[Any, ...]:
     err = result[0]
     if int(err) != 0:
         raise RuntimeError(f"{what} failed: {err}")
     return result[1:]
 
 
-def compile_source(name: str, arch: str, nvrtc: object | None = None) -> CompileResult:
+def compile_source(name: str, arch: str, nvrtc: Any = None) -> CompileResult:
     """Compile package source ``name`` for ``arch`` (``"sm_90"``) to a cubin; never raises on a compile error."""
     nv = nvrtc or load_nvrtc()
     text = source(name)

@@ -118,16 +118,19 @@ class CpuKernel:
     def __call__(self, grid: Sequence[int] | int, block: Sequence[int] | int, args: Sequence[Any]) -> None:
         if len(args) != len(self.params):
             raise TypeError(f"kernel {self.name} takes {len(self.params)} arguments, got {len(args)}")
-        g = tuple(grid) if isinstance(grid, (tuple, list)) else (int(grid),)
-        b = tuple(block) if isinstance(block, (tuple, list)) else (int(block),)
-        g, b = (g + (1, 1))[:3], (b + (1, 1))[:3]
-        values = []
+        g = (*_dims(grid), 1, 1)[:3]
+        b = (*_dims(block), 1, 1)[:3]
+        values: list[Any] = []
         for p, a in zip(self.params, args, strict=True):
             if p.ctype.endswith("*"):
                 values.append(None if a is None else _address(a))
             else:
                 values.append(_CTYPES[p.ctype](a.item() if isinstance(a, np.generic) else a))
         self._fn(*(int(v) for v in g), *(int(v) for v in b), *values)
+
+
+def _dims(d: Sequence[int] | int) -> tuple[int, ...]:
+    return tuple(int(v) for v in d) if isinstance(d, (tuple, list)) else (int(d),)  # type: ignore[arg-type]
 
 
 def _address(a: Any) -> int:

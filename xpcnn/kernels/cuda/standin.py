@@ -162,8 +162,8 @@ class StandInArray:
         return self._ns.reshape(self, shape[0] if len(shape) == 1 else shape, **kwargs)
 
     def transpose(self, *axes: Any) -> StandInArray:
-        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
-        return self._ns._new(self._a.transpose(*axes) if axes else self._a.transpose())
+        order = tuple(axes[0]) if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        return self._ns._new(self._a.transpose(*order) if order else self._a.transpose())
 
     def astype(self, dtype: Any, copy: bool = True) -> StandInArray:
         return self._ns.astype(self, dtype, copy=copy)
@@ -211,28 +211,44 @@ def _inplace(name: str, fn: Callable[[Any, Any], Any]) -> Callable[..., Any]:
     return method
 
 
-for _name, _fn in (("add", operator.add), ("sub", operator.sub), ("mul", operator.mul),
-                   ("truediv", operator.truediv), ("floordiv", operator.floordiv), ("pow", operator.pow),
-                   ("mod", operator.mod), ("and", operator.and_), ("or", operator.or_), ("xor", operator.xor),
-                   ("matmul", None)):
-    if _fn is None:
-        continue
+def _unary(name: str, fn: Callable[[Any], Any]) -> Callable[..., Any]:
+    def method(self: StandInArray) -> Any:
+        self._ns._count(f"elementwise:{name}")
+        return self._ns._new(np.asarray(fn(self._a)))
+    return method
+
+
+def _matmul(self: StandInArray, other: Any) -> Any:
+    return self._ns.matmul(self, other)
+
+
+def _rmatmul(self: StandInArray, other: Any) -> Any:
+    return self._ns.matmul(other, self)
+
+
+_BINARY: dict[str, Callable[[Any, Any], Any]] = {
+    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "truediv": operator.truediv,
+    "floordiv": operator.floordiv, "pow": operator.pow, "mod": operator.mod, "and": operator.and_,
+    "or": operator.or_, "xor": operator.xor}
+_INPLACE: dict[str, Callable[[Any, Any], Any]] = {
+    "add": operator.iadd, "sub": operator.isub, "mul": operator.imul, "truediv": operator.itruediv}
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge, "eq": operator.eq, "ne": operator.ne}
+_UNARY: dict[str, Callable[[Any], Any]] = {
+    "neg": operator.neg, "pos": operator.pos, "abs": operator.abs, "invert": operator.invert}
+
+for _name, _fn in _BINARY.items():
     setattr(StandInArray, f"__{_name}__", _binary(_name, _fn))
     setattr(StandInArray, f"__r{_name}__", _binary(_name, _fn, reflected=True))
-for _name, _fn in (("add", operator.iadd), ("sub", operator.isub), ("mul", operator.imul),
-                   ("truediv", operator.itruediv)):
+for _name, _fn in _INPLACE.items():
     setattr(StandInArray, f"__i{_name}__", _inplace(_name, _fn))
-for _name, _fn in (("lt", operator.lt), ("le", operator.le), ("gt", operator.gt), ("ge", operator.ge),
-                   ("eq", operator.eq), ("ne", operator.ne)):
+for _name, _fn in _COMPARE.items():
     setattr(StandInArray, f"__{_name}__", _binary(_name, _fn))
-StandInArray.__hash__ = None  # type: ignore[assignment]
-StandInArray.__matmul__ = lambda self, other: self._ns.matmul(self, other)  # type: ignore[method-assign]
-StandInArray.__rmatmul__ = lambda self, other: self._ns.matmul(other, self)  # type: ignore[attr-defined]
-for _name, _fn in (("neg", operator.neg), ("pos", operator.pos), ("abs", operator.abs),
-                   ("invert", operator.invert)):
-    setattr(StandInArray, f"__{_name}__",
-            (lambda n, f: lambda self: (self._ns._count(f"elementwise:{n}"),
-                                        self._ns._new(np.asarray(f(self._a))))[1])(_name, _fn))
+for _name, _ufn in _UNARY.items():
+    setattr(StandInArray, f"__{_name}__", _unary(_name, _ufn))
+setattr(StandInArray, "__matmul__", _matmul)  # noqa: B010
+setattr(StandInArray, "__rmatmul__", _rmatmul)  # noqa: B010
+setattr(StandInArray, "__hash__", None)  # noqa: B010
 
 
 class _Kernel:

@@ -19,6 +19,7 @@ stage is where it is compared on a GPU.  ``benchmarks/gpu_verify.py`` calls :fun
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -187,13 +188,13 @@ def run(cp: Any, batch: int = 128, repeats: int = 20, seed: int = 0) -> dict[str
     x_h = rng.standard_normal((batch, 400)).astype(np.float32)
     W_h = (rng.standard_normal((400, 120)) * 0.05).astype(np.float32)
     b_h = rng.standard_normal(120).astype(np.float32)
-    y_ref, c_ref = _dense_forward(x_h, W_h, b_h)
-    d_h = rng.standard_normal(y_ref.shape).astype(np.float32)
-    g_ref = _dense_backward(d_h, c_ref, True)
+    yd_ref, dc_ref = _dense_forward(x_h, W_h, b_h)
+    d_h = rng.standard_normal(yd_ref.shape).astype(np.float32)
+    gd_ref = _dense_backward(d_h, dc_ref, True)
     x, W, b, d = dev(x_h), dev(W_h), dev(b_h), dev(d_h)
-    y1, c1 = S._dense_forward(k, x, W, b)
-    g1 = S._dense_backward(k, d, c1, True)
-    errs = [_err(y1, y_ref)] + [_err(a, c) for a, c in zip(g1, g_ref, strict=True)]
+    yd1, dc1 = S._dense_forward(k, x, W, b)
+    gd1 = S._dense_backward(k, d, dc1, True)
+    errs = [_err(yd1, yd_ref)] + [_err(a, c) for a, c in zip(gd1, gd_ref, strict=True)]
     case("dense", max(errs) <= TOL,
          (lambda: S._dense_backward(k, d, S._dense_forward(k, x, W, b)[1], True),
           lambda: _dense_backward(d, _dense_forward(x, W, b)[1], True)), max_err=max(errs), tol=TOL)
@@ -251,10 +252,8 @@ def run(cp: Any, batch: int = 128, repeats: int = 20, seed: int = 0) -> dict[str
         pr = [dev(a) for a in p_h]
         sr = [{n: dev(sh[n]) for n in names} for sh in s_h]
         case(f"optimizer:{rule}", ok,
-             (lambda p=p, gd=gd, s_d=s_d, rule=rule, hp=hp: S._optimizer_update(k, p, gd, s_d, [4] * len(shapes), rule,
-                                                                                hp),
-              lambda pr=pr, gd=gd, sr=sr, rule=rule, hp=hp: updates.optimizer_update(pr, gd, sr, [4] * len(shapes),
-                                                                                     rule, hp)),
+             (functools.partial(S._optimizer_update, k, p, gd, s_d, [4] * len(shapes), rule, hp),
+              functools.partial(updates.optimizer_update, pr, gd, sr, [4] * len(shapes), rule, hp)),
              what="bit for bit vs NumPy, 3 steps, 10 tensors")
     return {"cases": cases, "ok": all(c["ok"] for c in cases.values()), "batch": batch, "repeats": repeats}
 
