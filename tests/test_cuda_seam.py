@@ -232,6 +232,9 @@ def test_lenet5_training_step_within_the_launch_budget_and_equal_to_the_referenc
     assert min(ref) > max(fast[1:])  # the reference path on the same namespace launches more
     assert c.max_param_difference() < 1e-6
     np.testing.assert_allclose(c.losses["cuda"], c.losses["reference"], rtol=1e-5)
+    # what a model-level planner fusing Conv2D -> ReLU -> MaxPool2D would launch, training alike
+    assert max(c.launches["cuda+fused"][1:]) < min(fast[1:])
+    assert c.max_param_difference("cuda+fused") < 1e-6
 
 
 def test_lenet5_adam_steps_follow_the_reference() -> None:

@@ -52,6 +52,7 @@ class CompileResult:
     log: str
     cubin_bytes: int = 0
     kernels: list[KernelReport] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # process CPU time: what the compile costs on a machine that is not shared
 
     @property
     def spills(self) -> list[KernelReport]:
@@ -118,7 +119,7 @@ def compile_source(name: str, arch: str, nvrtc: Any = None) -> CompileResult:
     """Compile package source ``name`` for ``arch`` (``"sm_90"``) to a cubin; never raises on a compile error."""
     nv = nvrtc or load_nvrtc()
     text = source(name)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     (prog,) = _check(nv.nvrtcCreateProgram(text.encode(), name.encode(), 0, [], []), "nvrtcCreateProgram")
     try:
         opts = [o.encode() for o in (*NVRTC_OPTIONS, f"--gpu-architecture={arch}", "--ptxas-options=-v")]
@@ -131,25 +132,39 @@ def compile_source(name: str, arch: str, nvrtc: Any = None) -> CompileResult:
         cubin = _check(nv.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")[0] if ok else 0
     finally:
         nv.nvrtcDestroyProgram(prog)
-    seconds = time.perf_counter() - start
-    return CompileResult(name, arch, ok, seconds, log, int(cubin), parse_ptxas(log) if ok else [])
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return CompileResult(name, arch, ok, seconds, log, int(cubin), parse_ptxas(log) if ok else [], cpu)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="compile the CUDA sources with NVRTC; exit 1 on an error or spill")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
     nv = load_nvrtc()
+    records = []
     (major, minor) = _check(nv.nvrtcVersion(), "nvrtcVersion")
     print(f"NVRTC {major}.{minor}; options {' '.join(NVRTC_OPTIONS)} --ptxas-options=-v")
-    print(f"{'source':<10} {'arch':<6} {'ok':<3} {'seconds':>8} {'kernels':>7} {'max regs':>8} {'spills':>6}")
+    print(f"{'source':<10} {'arch':<6} {'ok':<3} {'wall s':>7} {'cpu s':>6} {'kernels':>7} {'max regs':>8} "
+          f"{'spills':>6}")
     bad = 0
     for name in SOURCES:
         for arch in ARCHS:
             r = compile_source(name, arch, nv)
+            records.append({"source": name, "arch": arch, "ok": r.ok, "seconds": r.seconds,
+                            "cpu_seconds": r.cpu_seconds, "cubin_bytes": r.cubin_bytes,
+                            "kernels": [vars(k) for k in r.kernels]})
             regs = max((k.registers for k in r.kernels), default=0)
-            print(f"{name:<10} {arch:<6} {'yes' if r.ok else 'NO':<3} {r.seconds:8.3f} {len(r.kernels):7d} "
-                  f"{regs:8d} {len(r.spills):6d}")
+            print(f"{name:<10} {arch:<6} {'yes' if r.ok else 'NO':<3} {r.seconds:7.3f} {r.cpu_seconds:6.3f} "
+                  f"{len(r.kernels):7d} {regs:8d} {len(r.spills):6d}")
             if not r.ok or r.spills:
                 bad += 1
                 print(r.log)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"nvrtc": f"{major}.{minor}", "options": list(NVRTC_OPTIONS),
+                                               "results": records}, indent=1) + "\n", encoding="utf-8")
     return 1 if bad else 0
 
 
