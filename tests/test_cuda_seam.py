@@ -158,17 +158,21 @@ def test_optimizer_update_is_bitwise_the_reference_and_one_launch_on_flat_buffer
             ref_p = kernels.optimizer_update(ref_p, [sx.from_numpy(g) for g in grads], ref_s, [step] * 3, rule,
                                              HYPER[rule])
         group = cupy_set._group_of(k, fast_p)
-        if group is not None:  # from step 2 on: gradients written where the backward kernels write them
+        if group is not None:  # from step 2 on: gradients written where the backward kernels write them,
             fast_g = [group.view(group.grads, i) for i in range(3)]
             for view, g in zip(fast_g, grads, strict=True):
                 view._a[...] = g
+            if step == 3:  # but one from elsewhere (a reference op's) on step 3
+                fast_g[1] = sx.from_numpy(grads[1])
         else:
             fast_g = [sx.from_numpy(g) for g in grads]
         sx.ledger.reset()
         with kernels.using_kernels("auto"):
             fast_p = kernels.optimizer_update(fast_p, fast_g, fast_s, [step] * 3, rule, HYPER[rule])
-        if step > 1:
-            assert sx.ledger.total == 1, sx.ledger.launches  # the whole group in one launch
+        if step == 2:
+            assert sx.ledger.launches == {f"kernel:{cupy_set._RULE_KERNEL[rule]}": 1}  # the whole group at once
+        if step == 3:
+            assert sx.ledger.total == 2, sx.ledger.launches  # a copy of the foreign gradient + the update
         for got, want in zip(fast_p, ref_p, strict=True):
             np.testing.assert_array_equal(host(got).view(np.uint32), host(want).view(np.uint32))
         for got_s, want_s in zip(fast_s, ref_s, strict=True):
@@ -180,6 +184,31 @@ def test_optimizer_update_is_bitwise_the_reference_and_one_launch_on_flat_buffer
     for i, s in enumerate(fast_s):
         for n in SLOTS[rule]:
             assert s[n].data.ptr == group.view(group.slots[n], i).data.ptr
+
+
+def test_a_new_optimizer_over_grouped_parameters_keeps_its_own_state(sx: StandIn) -> None:
+    shapes = [(3, 2), (4,)]
+    p = [sx.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+    with kernels.using_kernels("auto"):
+        for step in (1, 2):  # an Adam moves the parameters into a flat group
+            adam_slots = [{n: sx.zeros(s, dtype=np.float32) for n in SLOTS["adam"]} for s in shapes]
+            g = [sx.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+            p = kernels.optimizer_update(p, g, adam_slots, [step] * 2, "adam", HYPER["adam"])
+    p_ref = [sx.from_numpy(host(a)) for a in p]
+    # a momentum optimizer whose state was loaded from elsewhere (non-zero buffers)
+    buffers = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    slots = [{"momentum_buffer": sx.from_numpy(b)} for b in buffers]
+    slots_ref = [{"momentum_buffer": sx.from_numpy(b)} for b in buffers]
+    for step in (1, 2):
+        g = [sx.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+        with kernels.using_kernels("auto"):
+            p = kernels.optimizer_update(p, g, slots, [step] * 2, "momentum", HYPER["momentum"])
+        with kernels.using_kernels("reference"):
+            p_ref = kernels.optimizer_update(p_ref, g, slots_ref, [step] * 2, "momentum", HYPER["momentum"])
+        for a, b in zip(p, p_ref, strict=True):
+            np.testing.assert_array_equal(host(a), host(b))
+        for a, b in zip(slots, slots_ref, strict=True):
+            np.testing.assert_array_equal(host(a["momentum_buffer"]), host(b["momentum_buffer"]))
 
 
 def test_optimizer_update_with_different_step_counts_goes_tensor_by_tensor(sx: StandIn) -> None:

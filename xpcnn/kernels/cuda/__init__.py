@@ -29,7 +29,7 @@ SOURCES: tuple[str, ...] = ("conv.cu", "pool.cu", "dense.cu", "loss.cu", "optim.
 
 #: NVRTC options used on the GPU and in the CI compile check (no FMA contraction: the explicit
 #: ``__f*_rn`` intrinsics and plain arithmetic round like NumPy's float32)
-NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17", "--fmad=false")
+NVRTC_OPTIONS: tuple[str, ...] = ("--fmad=false",)
 
 
 def source(name: str) -> str:

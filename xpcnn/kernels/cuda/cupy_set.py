@@ -17,7 +17,8 @@ Launches per op (LeNet-5 sizes; see the README's launch budget):
   :data:`DENSE_KERNEL_LIMIT` multiply-adds.
 * ``softmax_cross_entropy``: one single-block kernel computing the loss, the gradient and the device
   tallies (:func:`read_tallies`); backward launches nothing.
-* ``optimizer_update``: one launch per run of parameters adjacent in memory (see below).
+* ``optimizer_update``: one launch for all parameters (see below), plus a copy per gradient that a
+  reference op produced; one launch per parameter on the first step.
 
 Flat buffers.  The first fast ``optimizer_update`` of a parameter list copies the parameters and their
 state slots into one flat buffer each (a :class:`FlatGroup`), returns the parameters as views of it
@@ -524,7 +525,7 @@ def _launch_update(k: Kernels, rule: str, p: Any, g: Any, s: list[Any], n: int, 
     k.launch("optim.cu", _RULE_KERNEL[rule], n, args)
 
 
-def _new_group(k: Kernels, params: list[Any], slots: list[dict[str, Any]], names: tuple[str, ...]) -> FlatGroup:
+def _new_group(k: Kernels, params: list[Any], names: tuple[str, ...]) -> FlatGroup:
     cp = k.cp
     sizes = [int(p.size) for p in params]
     offsets = [0]
@@ -534,10 +535,8 @@ def _new_group(k: Kernels, params: list[Any], slots: list[dict[str, Any]], names
     group = FlatGroup(cp.empty(total, dtype=np.float32), cp.zeros(total, dtype=np.float32),
                       {n: cp.empty(total, dtype=np.float32) for n in names}, offsets, sizes,
                       [tuple(p.shape) for p in params])
-    for i, p in enumerate(params):
+    for i, p in enumerate(params):  # the state is copied in by the caller
         group.params[offsets[i]:offsets[i] + sizes[i]] = p.reshape(-1)
-        for n in names:
-            group.slots[n][offsets[i]:offsets[i] + sizes[i]] = slots[i][n].reshape(-1)
     k.groups[_address(group.params)] = group
     while len(k.groups) > _MAX_GROUPS:
         k.groups.popitem(last=False)
@@ -561,14 +560,25 @@ def _optimizer_update(k: Kernels, params: list[Any], grads: list[Any], slots: li
     names = _updates.SLOTS[rule]
     group = _group_of(k, params)
     if group is None:  # first step (or after a checkpoint load): move parameters and state into a flat group
-        group = _new_group(k, params, slots, names)
+        group = _new_group(k, params, names)
+    for n in names:  # a rule this group has not served yet (another optimizer over the same parameters)
+        if n not in group.slots:
+            group.slots[n] = k.cp.empty(group.params.size, dtype=np.float32)
     for i, s in enumerate(slots):  # the optimizer's state dicts hold views of the group's buffers
         for n in names:
-            s[n] = group.view(group.slots[n], i)
+            view = group.view(group.slots[n], i)
+            if _address(s[n]) != _address(view):  # state from elsewhere (a new optimizer, a loaded state_dict)
+                view[...] = s[n]
+                s[n] = view
     news = [group.view(group.params, i) for i in range(len(params))]
-    if len(set(steps)) == 1 and all(_address(g) == _address(group.grads) + 4 * group.offsets[i]
-                                    for i, g in enumerate(grads)):
-        total = group.offsets[-1] + group.sizes[-1]  # the whole group in one launch
+    base = _address(group.grads)
+    foreign = [i for i, g in enumerate(grads) if _address(g) != base + 4 * group.offsets[i]]
+    if len(set(steps)) == 1 and len(foreign) < len(grads):
+        # gradients the CUDA backward kernels did not write into the group (a reference op's) are
+        # copied in, then the whole group is updated in one launch
+        for i in foreign:
+            group.view(group.grads, i)[...] = grads[i]
+        total = group.offsets[-1] + group.sizes[-1]
         _launch_update(k, rule, group.params, group.grads, [group.slots[n] for n in names], total,
                        _rule_args(rule, hyper, steps[0]))
         return news
