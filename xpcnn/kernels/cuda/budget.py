@@ -58,7 +58,9 @@ class _FusedPlan:
     def __init__(self, model: Any) -> None:
         from ...layers import Conv2D, MaxPool2D, ReLU
 
-        self.model, self.fused, self.caches = model, set(), {}
+        self.model = model
+        self.fused: set[int] = set()
+        self.caches: dict[int, Any] = {}
         layers = model.layers
         for i in range(len(layers) - 2):
             if (isinstance(layers[i], Conv2D) and isinstance(layers[i + 1], ReLU)
