@@ -13,7 +13,7 @@ import pytest
 from xpcnn import kernels
 from xpcnn.functional.pool import pool_geometry
 from xpcnn.functional.updates import SLOTS
-from xpcnn.kernels.cuda import cupy_set, shim
+from xpcnn.kernels.cuda import cupy_set, dense_ops, shim
 from xpcnn.kernels.cuda.budget import count_lenet5_steps
 from xpcnn.kernels.cuda.standin import StandIn
 
@@ -100,7 +100,7 @@ def test_relu_and_max_pool_match_reference_exactly_on_the_conv_layout(sx: StandI
 @pytest.mark.parametrize("cublas", [False, True])
 def test_dense_matches_reference(sx: StandIn, bias: bool, cublas: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if cublas:  # the large-problem path (cuBLAS GEMMs)
-        monkeypatch.setattr(cupy_set, "DENSE_KERNEL_LIMIT", 0)
+        monkeypatch.setattr(dense_ops, "DENSE_KERNEL_LIMIT", 0)
     x = sx.from_numpy(rng.standard_normal((9, 13)).astype(np.float32))
     W = sx.from_numpy(rng.standard_normal((13, 6)).astype(np.float32))
     b = sx.from_numpy(rng.standard_normal(6).astype(np.float32)) if bias else None

@@ -5,8 +5,9 @@ The kernels are CUDA C++ sources shipped in this package (``*.cu``), compiled at
 kernel set proper is :mod:`xpcnn.kernels.cuda.cupy_set`, which the registry loads the first time it
 sees a ``cupy.ndarray``.
 
-* :mod:`~xpcnn.kernels.cuda.cupy_set`: the ops (conv2d, max_pool2d, relu, dense, softmax_cross_entropy,
-  optimizer_update) and the fused conv -> ReLU -> max-pool pair, on CuPy or a stand-in module.
+* :mod:`~xpcnn.kernels.cuda.cupy_set`: the kernel set for conv2d, max_pool2d, relu, dense,
+  softmax_cross_entropy and optimizer_update, plus the fused conv -> ReLU -> max-pool pair, on CuPy or a
+  stand-in module; the ops live in ``conv_ops``, ``dense_ops`` and ``update_ops``, launching in ``launch``.
 * :mod:`~xpcnn.kernels.cuda.nvrtc_check`: compile every source with NVRTC (no GPU needed) and read
   ptxas' register and spill report.
 * :mod:`~xpcnn.kernels.cuda.shim`: compile the same sources with the host C++ compiler and run them
