@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from device_lanes import LANE_NAMES, activate, lane_backend, on_lane, strict
 
 from xpcnn import backend as B
 from xpcnn import models, optim
 from xpcnn.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 from xpcnn.losses import SoftmaxCrossEntropy
 from xpcnn.model import Sequential
-
-from device_lanes import LANE_NAMES, activate, lane_backend, on_lane, strict
 
 
 @pytest.fixture(params=LANE_NAMES)
