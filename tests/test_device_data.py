@@ -1,0 +1,81 @@
+"""Data and augmentation on the device: the same seed gives the same batches as the host path.
+
+Oracle: the host path of :class:`~xpcnn.datasets.BatchIterator` (NumPy transforms, themselves
+tested against loop references in test_augment.py), run with the same seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from device_lanes import activate, lane_backend
+
+from xpcnn import backend as B
+from xpcnn.datasets import BatchIterator, augment
+
+LANES = ["numpy", "array_api_strict", "strict:device1", "current-device"]
+
+
+@pytest.fixture(params=LANES)
+def lane(request, monkeypatch):
+    name = request.param
+    be = lane_backend(name, monkeypatch) if name in ("strict:device1", "current-device") else B.resolve(name)
+    with activate(be):
+        yield be
+
+
+def _recipe(fill: float) -> augment.Compose:
+    return augment.Compose([augment.RandomCrop(2, fill), augment.RandomHorizontalFlip(), augment.RandomShift(1, fill),
+                            augment.RandomShift(0)])
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_device_augmentation_reproduces_the_host_batches(lane, drop_last):
+    data = np.random.default_rng(0)
+    x = data.standard_normal((11, 2, 5, 6)).astype(np.float32)
+    y = data.integers(0, 10, 11)
+    host = BatchIterator(x, y, 4, rng=7, transform=_recipe(-0.25), drop_last=drop_last)
+    dev = BatchIterator(x, y, 4, rng=7, transform=_recipe(-0.25), drop_last=drop_last, on_device=True)
+    for _epoch in range(2):
+        host_batches, dev_batches = list(host), list(dev)
+        assert len(host_batches) == len(dev_batches) == len(host)
+        for (hx, hy), (dx, dy) in zip(host_batches, dev_batches, strict=True):
+            if lane.name == "array_api_strict":
+                assert dx.device == lane.device and dy.device == lane.device
+            else:
+                assert isinstance(dx, np.ndarray)
+            np.testing.assert_array_equal(B.to_numpy(dx), B.to_numpy(hx))
+            np.testing.assert_array_equal(B.to_numpy(dy), B.to_numpy(hy))
+        assert host.rng.bit_generator.state == dev.rng.bit_generator.state  # same draws, same order
+    changed = [not np.array_equal(B.to_numpy(b[0]), x[i * 4:(i + 1) * 4]) for i, b in enumerate(dev_batches)]
+    assert any(changed)  # the augmentation did something
+
+
+@pytest.mark.parametrize("transform", [augment.RandomCrop(3, 0.5), augment.RandomHorizontalFlip(1.0),
+                                       augment.RandomShift(2)])
+def test_apply_on_device_equals_host_call(lane, transform):
+    """Each transform's device ``apply`` equals its host ``__call__`` for the same draws."""
+    xb = np.random.default_rng(1).standard_normal((5, 3, 4, 7)).astype(np.float32)
+    expected = transform(xb, np.random.default_rng(2))
+    params = transform.draw(5, np.random.default_rng(2))
+    got = transform.apply(B.asarray(xb), augment.map_params(params, lambda a: B.asarray(a)) if params is not None
+                          else None)
+    np.testing.assert_array_equal(B.to_numpy(got), expected)
+
+
+def test_params_concat_and_slice_round_trip():
+    rng = np.random.default_rng(0)
+    t = _recipe(0.0)
+    parts = [t.draw(n, rng) for n in (4, 4, 3)]
+    joined = augment.concat_params(parts)
+    assert joined[0].shape == (2, 11) and joined[1].shape == (11,) and joined[3] is None
+    for i, (start, stop) in enumerate([(0, 4), (4, 8), (8, 11)]):
+        got = augment.slice_params(joined, start, stop)
+        for a, b in zip(got, parts[i], strict=True):
+            assert (a is None and b is None) or np.array_equal(a, b)
+
+
+def test_label_range_read_once_on_the_host():
+    it = BatchIterator(np.zeros((5, 1, 2, 2), np.float32), np.array([3, 1, 4, 1, 5]), 2)
+    assert it.label_range == (1, 5)
+    assert BatchIterator(np.zeros((2, 3)), np.zeros((2, 2), np.float32), 1).label_range is None
