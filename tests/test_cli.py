@@ -224,18 +224,22 @@ def test_without_matplotlib_plots_are_skipped(small_mnist, tmp_path, monkeypatch
 
 
 def test_on_device_run(small_mnist, tmp_path):
-    """--on-device works with the default lenet5 recipe (whose augmentation runs on the host)."""
-    out = tmp_path / "ondev"
-    with B.using("numpy"):
-        rc, stdout, stderr = _main(_train_argv(out, "--on-device", limit=200), small_mnist)
-    assert rc == 0, stderr
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["recipe"]["augment"] == "none"
-    # asking for both explicitly is an error, with a message
-    with B.using("numpy"):
-        rc, _, stderr = _main(_train_argv(tmp_path / "x", "--on-device", "--augment", "shift1", limit=200),
-                              small_mnist)
-    assert rc == 2 and "on_device" in stderr
+    """--on-device keeps the default lenet5 recipe's augmentation (applied on the device) and trains
+    exactly like the host path (same seed: same batches, same numbers)."""
+    runs = {}
+    for name, flags in (("ondev", ("--on-device", "--check-every", "3")), ("host", ())):
+        with B.using("numpy"):
+            rc, _, stderr = _main(_train_argv(tmp_path / name, *flags, limit=200), small_mnist)
+        assert rc == 0, stderr
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert runs["ondev"]["recipe"]["augment"] == runs["host"]["recipe"]["augment"] != "none"
+    assert _same_numbers(runs["ondev"], runs["host"])
+
+
+def _same_numbers(a, b) -> bool:
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    same = all(x.get(k) == y.get(k) for x, y in zip(a["epochs"], b["epochs"], strict=True) for k in keys)
+    return same and (a["test_loss"], a["test_accuracy"]) == (b["test_loss"], b["test_accuracy"])
 
 
 # ------------------------------------------------------------------------------------------- errors

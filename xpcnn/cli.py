@@ -38,13 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--schedule", choices=SCHEDULES)
-    t.add_argument("--augment", help="host-side augmentation: none, shift[N] (random N-pixel shifts), flip, "
+    t.add_argument("--augment", help="augmentation (drawn on the host, applied where the data is): none, shift[N] (random N-pixel shifts), flip, "
                    "or a comma list such as shift2,flip")
     t.add_argument("--val-split", type=float, default=None, help="hold out this fraction of train for validation")
     t.add_argument("--limit", type=int, default=None, help="use only the first N training images (quick runs)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--backend", help="backend spec, overrides $XPCNN_BACKEND (numpy, cupy, cupy:1, torch, ...)")
-    t.add_argument("--on-device", action="store_true", help="keep the whole data set on the device")
+    t.add_argument("--on-device", action="store_true",
+                   help="keep the whole data set on the device (batches and augmentation made there)")
+    t.add_argument("--check-every", type=int, default=50, metavar="K",
+                   help="read the loss from the device every K steps (divergence check, progress); default 50")
     t.add_argument("--out", help="run directory (default runs/<model>-<dataset>-<time>)")
     t.add_argument("--resume", help="checkpoint to continue from")
     t.add_argument("--no-progress", action="store_true")

@@ -30,10 +30,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.backend:
         B.set_backend(args.backend)
     recipe = RECIPES[args.model].replace(dataset=args.dataset, **{k: getattr(args, k, None) for k in RECIPE_FLAGS})
-    if args.on_device and args.augment is None and recipe.augment != "none":
-        # the recipe's augmentation runs on the host, which on_device rules out; an explicit --augment still errors
-        print(f"--on-device: the host-side augmentation {recipe.augment!r} of the {args.model} recipe is off")
-        recipe = recipe.replace(augment="none")
     be = B.get_backend()
     out = Path(args.out or f"runs/{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +59,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                         epochs=recipe.epochs, batch_size=recipe.batch_size, scheduler=scheduler,
                         callbacks=[train.ModelCheckpoint(out / "checkpoint.npz")], seed=args.seed,
                         on_device=args.on_device, transform=augment.build(recipe.augment, fill=-mean / std),
-                        resume=args.resume, progress=not args.no_progress, extra=extra)
+                        resume=args.resume, progress=not args.no_progress, extra=extra,
+                        check_every=getattr(args, "check_every", 50))
 
     test = train.evaluate(model, (x_test_f, ds.y_test), on_device=args.on_device)
     preds = _predict_labels(model, x_test_f)

@@ -27,10 +27,11 @@ import numpy as np
 
 from . import backend as B
 from . import checkpoint as ckpt
+from . import functional as F
 from .callbacks import Callback, EarlyStopping, ModelCheckpoint
 from .datasets.loader import BatchIterator
 from .datasets.preprocess import train_val_split
-from .losses import SoftmaxCrossEntropy
+from .losses import SoftmaxCrossEntropy, labels_prevalidated
 from .model import Sequential
 
 __all__ = ["Callback", "EarlyStopping", "History", "ModelCheckpoint", "Trainer", "TrainingDivergedError", "evaluate",
@@ -62,18 +63,26 @@ def _as_xy(data: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate(model: Sequential, data: tuple[Any, Any], loss: Any = None, batch_size: int = 512,
              on_device: bool = False) -> dict[str, float]:
-    """Mean loss and accuracy of ``model`` (eval mode) on ``(x, y)``: ``{"loss": ..., "accuracy": ...}``."""
+    """Mean loss and accuracy of ``model`` (eval mode) on ``(x, y)``: ``{"loss": ..., "accuracy": ...}``.
+
+    Labels are checked once, on the host; the sums stay on the device and are read once at the end.
+    """
     loss = loss or SoftmaxCrossEntropy()
     x, y = _as_xy(data)
     batches = BatchIterator(x, y, batch_size, shuffle=False, on_device=on_device, x_dtype=_model_dtype(model))
-    total_loss, correct = 0.0, 0
-    for xb, yb in batches:
-        out = model.forward(xb, train=False)
-        xp = array_api_compat.array_namespace(out)
-        total_loss += float(loss.forward(out, yb)) * xb.shape[0]
-        correct += int(xp.sum(xp.astype(xp.argmax(out, axis=1) == yb, xp.int64)))
-    n = x.shape[0]
-    return {"loss": total_loss / n, "accuracy": correct / n}
+    tally = Tally(check_every=None)
+    with B.device_scope(batches.backend), labels_prevalidated(loss):
+        for xb, yb in batches:
+            out = model.forward(xb, train=False)
+            _check_label_range(batches, out)
+            tally.add(loss.forward(out, yb), out, yb)
+        return tally.result()
+
+
+def _check_label_range(loader: BatchIterator, logits: Any) -> None:
+    """The loader's labels (range read on the host) against the model's classes (a shape: no device read)."""
+    if loader.label_range is not None and getattr(logits, "ndim", 0) == 2:
+        F.check_label_range(*loader.label_range, int(logits.shape[1]))
 
 
 def _model_dtype(model: Sequential) -> str:
@@ -85,9 +94,11 @@ class Trainer:
     """The state of one training run; :func:`fit` is the usual entry point."""
 
     def __init__(self, model: Sequential, optimizer: Any, loss: Any, train: BatchIterator, scheduler: Any = None,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, check_every: int | None = 50) -> None:
         self.model, self.optimizer, self.loss, self.train = model, optimizer, loss, train
         self.scheduler, self.extra = scheduler, extra or {}
+        #: read the loss tally (divergence check, progress) every this many steps; None: once per epoch
+        self.check_every = check_every
         self.history = History()
         self.epoch = 0
 
@@ -113,61 +124,116 @@ class Trainer:
         if meta.get("rng_state"):
             self.set_rng_state(meta["rng_state"])
 
-    def step(self, xb: Any, yb: Any, step: int) -> tuple[float, Any]:
+    def step(self, xb: Any, yb: Any, step: int) -> tuple[Any, Any]:
         """One optimisation step on a batch: forward, loss, backward, update; returns ``(loss, logits)``.
 
-        xb: (B, C, H, W) on the backend, yb: (B,) integer labels.  ``step`` (1-based, within the
-        epoch) only names the place in the divergence error.
+        xb: (B, C, H, W) on the backend, yb: (B,) integer labels.  ``loss`` is a 0-d array on the
+        device, not read here (no host sync): :class:`Tally` checks it every ``check_every`` steps.
+        ``step`` (1-based, within the epoch) is kept for the divergence error.
         """
         out = self.model.forward(xb, train=True)
-        loss = float(self.loss.forward(out, yb))
-        if not math.isfinite(loss):
-            raise TrainingDivergedError(
-                f"loss became {loss} at epoch {self.epoch + 1}, step {step} of {len(self.train)} "
-                f"(lr {self.optimizer.lr:g}); lower the learning rate or check the inputs for NaN/inf")
+        if step == 1:
+            _check_label_range(self.train, out)  # before the first update: host integers only
+        loss = self.loss.forward(out, yb)
         self.model.backward(self.loss.backward())
         self.optimizer.step()
         return loss, out
 
     def train_epoch(self, progress: bool) -> dict[str, float]:
         """One pass over the training batches; returns mean loss and accuracy over the epoch."""
-        tally = Tally()
+        tally = Tally(self.check_every, self._diverged)
         bar = _progress(len(self.train), f"epoch {self.epoch + 1}", progress)
-        for step, (xb, yb) in enumerate(self.train, start=1):
-            loss, out = self.step(xb, yb, step)
-            tally.add(loss, out, yb)
-            if bar is not None:
-                bar.update(1)
-                if step % 20 == 0 or step == len(self.train):
-                    bar.set_postfix(**tally.postfix())
+        # the chosen GPU current (cupy:N); the labels' range was read on the host
+        with B.device_scope(self.train.backend), labels_prevalidated(self.loss):
+            for step, (xb, yb) in enumerate(self.train, start=1):
+                loss, out = self.step(xb, yb, step)
+                if tally.add(loss, out, yb, step) and bar is not None:
+                    bar.set_postfix(**tally.postfix())  # only when the tally was read anyway
+                if bar is not None:
+                    bar.update(1)
+            result = tally.result()
         if bar is not None:
             bar.close()
-        return tally.result()
+        return result
+
+    def _diverged(self, value: float, step: int, first: int, last: int) -> TrainingDivergedError:
+        return TrainingDivergedError(
+            f"loss became {value} at epoch {self.epoch + 1}, step {step} of {len(self.train)} "
+            f"(lr {self.optimizer.lr:g}), found when steps {first}-{last} were checked; "
+            "lower the learning rate or check the inputs for NaN/inf")
 
 
 class Tally:
-    """Running loss and accuracy over an epoch: the one place batch results are summed.
+    """Running loss and accuracy over an epoch, kept on the device: the one place batch results are summed.
 
-    ``add(loss, logits, labels)`` with loss the batch mean, logits (B, K), labels (B,);
-    ``result()`` gives the sample-weighted means ``{"loss": ..., "accuracy": ...}``.
+    ``add(loss, logits, labels, step)`` with ``loss`` the batch mean (a 0-d array), logits (B, K),
+    labels (B,): device operations only.  Every ``check_every`` steps (None: only at the end) the
+    running loss sum is read once and, if it is not finite, the steps since the previous check are
+    read one by one to name the first bad one (``diverged(value, step, first, last)`` builds the
+    error).  ``result()`` reads the sums once: ``{"loss": ..., "accuracy": ...}`` (sample-weighted).
     """
 
-    def __init__(self) -> None:
-        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+    def __init__(self, check_every: int | None = 50,
+                 diverged: Callable[[float, int, int, int], Exception] | None = None) -> None:
+        if check_every is not None and (isinstance(check_every, bool) or int(check_every) < 1):
+            raise ValueError(f"check_every must be an integer >= 1 or None, got {check_every!r}")
+        self.check_every = None if check_every is None else int(check_every)
+        self.diverged = diverged
+        self.loss_sum: Any = None
+        self.correct: Any = None
+        self.seen = 0
+        self._pending: list[tuple[int, Any]] = []
+        self._read: dict[str, float] = {}
 
-    def add(self, loss: float, logits: Any, labels: Any) -> None:
+    def add(self, loss: Any, logits: Any, labels: Any, step: int = 0) -> bool:
+        """Sum one batch on the device; returns True when this call read the tally (a check)."""
         xp = array_api_compat.array_namespace(logits)
         n = int(labels.shape[0])
-        self.loss_sum += loss * n
-        self.correct += int(xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64)))
+        weighted = _wide(xp, loss) * float(n)  # summed in float64 where the device has it
+        hits = xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+        self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
+        self.correct = hits if self.correct is None else self.correct + hits
         self.seen += n
+        if self.diverged is not None:
+            self._pending.append((step, loss))
+        if self.check_every is not None and len(self._pending) >= self.check_every:
+            self.check()
+            return True
+        return False
+
+    def check(self) -> None:
+        """Read the running loss sum (one device-to-host copy); raise if a pending step diverged."""
+        if self.loss_sum is None:
+            return
+        total = float(B.to_numpy(self.loss_sum))
+        self._read = {"loss": total / self.seen}
+        if not math.isfinite(total) and self.diverged is not None and self._pending:
+            first, last = self._pending[0][0], self._pending[-1][0]
+            for step, loss in self._pending:  # the failure path only: read the pending steps
+                value = float(B.to_numpy(loss))
+                if not math.isfinite(value):
+                    raise self.diverged(value, step, first, last)
+            raise self.diverged(total, last, first, last)  # finite steps whose sum overflowed
+        self._pending.clear()
 
     def result(self) -> dict[str, float]:
-        return {"loss": self.loss_sum / self.seen, "accuracy": self.correct / self.seen}
+        self.check()
+        correct = int(B.to_numpy(self.correct)) if self.correct is not None else 0
+        return {"loss": self._read.get("loss", math.nan), "accuracy": correct / max(self.seen, 1)}
 
     def postfix(self) -> dict[str, str]:
-        r = self.result()
-        return {"loss": f"{r['loss']:.4f}", "acc": f"{r['accuracy']:.4f}"}
+        return {"loss": f"{self._read.get('loss', math.nan):.4f}"}
+
+
+def _wide(xp: Any, x: Any) -> Any:
+    """``x`` in float64 when its device supports it (CPU, CUDA), else unchanged."""
+    if x.dtype == xp.float64:
+        return x
+    try:
+        ok = "float64" in xp.__array_namespace_info__().dtypes(device=array_api_compat.device(x), kind="real floating")
+    except (AttributeError, TypeError):  # a namespace without the inspection API
+        ok = True
+    return xp.astype(x, xp.float64) if ok else x
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -183,7 +249,7 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
         scheduler: Any = None, callbacks: Sequence[Callback] = (), seed: int | None = None,
         on_device: bool = False, transform: Any = None, drop_last: bool = False, resume: str | Path | None = None,
         progress: bool = True, log: Callable[[str], None] | None = print,
-        extra: dict[str, Any] | None = None) -> History:
+        extra: dict[str, Any] | None = None, check_every: int | None = 50) -> History:
     """Train ``model`` for ``epochs`` epochs (in total: a resumed run continues up to that count).
 
     train: ``(x, y)`` host arrays, x: (N, C, H, W) float, y: (N,) integer labels.
@@ -191,11 +257,16 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
     scheduler: an LR schedule stepped once per epoch.  callbacks: see :class:`Callback`.
     seed: fixes the shuffling order, the validation split and the global host RNG (dropout), each
         from its own stream (:func:`xpcnn.backend.seed_stream`).
-    on_device: keep the whole data set on the backend's device and slice batches there.
-    transform: host-side augmentation of each training batch (see :mod:`xpcnn.datasets.augment`).
+    on_device: keep the whole data set on the backend's device and slice batches there (and augment
+        there: the epoch's augmentation parameters are drawn on the host and copied once).
+    transform: augmentation of each training batch (see :mod:`xpcnn.datasets.augment`).
     drop_last: skip the last, smaller batch of each epoch (batch norm cannot train on a batch of one).
     resume: a checkpoint written by :class:`ModelCheckpoint` (or ``Trainer.save``) to continue from.
-    Raises :class:`TrainingDivergedError` when the loss becomes NaN or infinite.
+    check_every: read the device's loss tally every this many steps (divergence check, progress bar);
+        None reads it once per epoch.  Nothing else is read from the device during an epoch: labels
+        are checked once on the host, loss and accuracy are summed on the device.
+    Raises :class:`TrainingDivergedError` when the loss becomes NaN or infinite (at the next check;
+    the message names the first bad step and the checked range).
     """
     loss = loss or SoftmaxCrossEntropy()
     x, y = _as_xy(train)
@@ -211,7 +282,7 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
         val = (xv, yv)
     loader = BatchIterator(x, y, batch_size, shuffle=True, rng=stream("shuffle"), on_device=on_device,
                            x_dtype=_model_dtype(model), transform=transform, drop_last=drop_last)
-    trainer = Trainer(model, optimizer, loss, loader, scheduler, extra)
+    trainer = Trainer(model, optimizer, loss, loader, scheduler, extra, check_every)
     if resume is not None:
         trainer.resume(resume)
         if log:
