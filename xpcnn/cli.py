@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--schedule", choices=SCHEDULES)
-    t.add_argument("--augment", help="augmentation (drawn on the host, applied where the data is): none, shift[N] (random N-pixel shifts), flip, "
+    t.add_argument("--augment", help="augmentation (drawn on the host, applied where the data is): none, "
+                   "shift[N] (random N-pixel shifts), flip, "
                    "or a comma list such as shift2,flip")
     t.add_argument("--val-split", type=float, default=None, help="hold out this fraction of train for validation")
     t.add_argument("--limit", type=int, default=None, help="use only the first N training images (quick runs)")
