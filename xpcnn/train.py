@@ -31,6 +31,7 @@ from . import functional as F
 from .callbacks import Callback, EarlyStopping, ModelCheckpoint
 from .datasets.loader import BatchIterator
 from .datasets.preprocess import train_val_split
+from .layers.mask_bank import MaskBank
 from .losses import SoftmaxCrossEntropy, labels_prevalidated
 from .model import Sequential
 
@@ -143,15 +144,22 @@ class Trainer:
         """One pass over the training batches; returns mean loss and accuracy over the epoch."""
         tally = Tally(self.check_every, self._diverged)
         bar = _progress(len(self.train), f"epoch {self.epoch + 1}", progress)
+        banks = _mask_banks(self.model)
+        for bank in banks:  # dropout masks of the whole epoch: one host-to-device copy per layer
+            bank.plan(self.train.samples_per_epoch)
         # the chosen GPU current (cupy:N); the labels' range was read on the host
-        with B.device_scope(self.train.backend), labels_prevalidated(self.loss):
-            for step, (xb, yb) in enumerate(self.train, start=1):
-                loss, out = self.step(xb, yb, step)
-                if tally.add(loss, out, yb, step) and bar is not None:
-                    bar.set_postfix(**tally.postfix())  # only when the tally was read anyway
-                if bar is not None:
-                    bar.update(1)
-            result = tally.result()
+        try:
+            with B.device_scope(self.train.backend), labels_prevalidated(self.loss):
+                for step, (xb, yb) in enumerate(self.train, start=1):
+                    loss, out = self.step(xb, yb, step)
+                    if tally.add(loss, out, yb, step) and bar is not None:
+                        bar.set_postfix(**tally.postfix())  # only when the tally was read anyway
+                    if bar is not None:
+                        bar.update(1)
+                result = tally.result()
+        finally:
+            for bank in banks:
+                bank.plan(0)
         if bar is not None:
             bar.close()
         return result
@@ -223,6 +231,15 @@ class Tally:
 
     def postfix(self) -> dict[str, str]:
         return {"loss": f"{self._read.get('loss', math.nan):.4f}"}
+
+
+def _mask_banks(layer: Any) -> list[Any]:
+    """The dropout mask banks of ``layer`` and of the layers it holds (Sequential, nested blocks)."""
+    banks = [layer.masks] if isinstance(getattr(layer, "masks", None), MaskBank) else []
+    children = layer if isinstance(layer, Sequential) else getattr(layer, "layers", ())
+    for child in children:
+        banks += _mask_banks(child)
+    return banks
 
 
 def _wide(xp: Any, x: Any) -> Any:

@@ -119,6 +119,11 @@ class BatchIterator:
         """``N``, the number of samples."""
         return int(self.x.shape[0])
 
+    @property
+    def samples_per_epoch(self) -> int:
+        """Samples delivered per epoch (``N``, less a dropped last batch)."""
+        return len(self) * self.batch_size if self.drop_last else self.num_samples
+
     def __len__(self) -> int:
         """Batches per epoch."""
         n, bs = self.num_samples, self.batch_size
