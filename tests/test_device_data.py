@@ -79,3 +79,54 @@ def test_label_range_read_once_on_the_host():
     it = BatchIterator(np.zeros((5, 1, 2, 2), np.float32), np.array([3, 1, 4, 1, 5]), 2)
     assert it.label_range == (1, 5)
     assert BatchIterator(np.zeros((2, 3)), np.zeros((2, 2), np.float32), 1).label_range is None
+
+
+def _dropout_net():
+    from xpcnn.layers import Conv2D, Dense, Dropout, Flatten, ReLU
+    from xpcnn.model import Sequential
+
+    return Sequential(Conv2D(1, 2, 3, rng=0), ReLU(), Flatten(), Dropout(0.3), Dense(2 * 4 * 4, 8, rng=1), ReLU(),
+                      Dropout(0.5, rng=2), Dense(8, 3, rng=3))
+
+
+def test_fit_on_device_reproduces_the_host_run(lane):
+    """Same seed: data, augmentation and dropout on the device give the host (NumPy) run's numbers."""
+    from xpcnn import optim, train
+
+    data = np.random.default_rng(4)
+    x = data.standard_normal((40, 1, 6, 6)).astype(np.float32)
+    y = data.integers(0, 3, 40)
+
+    def run(be, on_device):
+        with activate(be):
+            model = _dropout_net()
+            hist = train.fit(model, optim.Momentum(model.parameters(), lr=0.05), (x, y), val=(x[:8], y[:8]),
+                             epochs=2, batch_size=16, seed=3, on_device=on_device, progress=False, log=None,
+                             transform=augment.parse_augment("shift1,flip"))
+            return hist, {k: B.to_numpy(v).copy() for k, v in model.state_dict().items()}
+
+    ref_hist, ref_w = run(B.resolve("numpy"), False)
+    hist, w = run(lane, True)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(hist[key], ref_hist[key], rtol=1e-6)
+    for key, value in ref_w.items():
+        np.testing.assert_allclose(w[key], value, rtol=0, atol=1e-5 * max(1.0, float(np.abs(value).max())))
+
+
+def test_mask_bank_rows_are_the_per_step_draws(lane):
+    from xpcnn.layers.mask_bank import MaskBank
+
+    bank = MaskBank()
+    bank.plan(7)
+    rng, ref = np.random.default_rng(9), np.random.default_rng(9)
+    for n in (3, 4):
+        xb = B.asarray(np.ones((n, 2, 3)), "float32")
+        mask = bank.take(xb, 0.25, rng)
+        expected = (ref.random((n, 2, 3)) >= 0.25) / 0.75
+        if lane.name == "numpy":
+            assert mask is None  # NumPy draws per step, as before
+            continue
+        np.testing.assert_allclose(B.to_numpy(mask), expected, rtol=1e-7)
+    if lane.name != "numpy":
+        assert bank.take(B.asarray(np.ones((1, 2, 3)), "float32"), 0.25, rng) is None  # past the plan
+        assert bank.rows == 0
