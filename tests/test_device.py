@@ -169,3 +169,23 @@ def test_dropout_and_dense_bias_on_the_lane(lane):
     assert on_lane(out, lane)
     values = set(np.unique(B.to_numpy(out)).tolist())
     assert values <= {0.0, 2.0}
+
+
+# ------------------------------------------------------------------------------ TF32 (logic only: no GPU here)
+
+def test_tf32_switch_sets_the_cublas_math_mode(monkeypatch):
+    calls = []
+
+    class FakeCublas:
+        CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH = 0, 3
+
+        @staticmethod
+        def setMathMode(handle, mode):
+            calls.append((handle, mode))
+
+    assert B.set_cupy_tf32(True, FakeCublas, handle=7) == 3
+    assert B.set_cupy_tf32(False, FakeCublas, handle=7) == 0
+    assert calls == [(7, 3), (7, 0)]
+    for value, expected in (("1", True), ("0", False), ("", False), ("yes", False), ("2", True)):
+        monkeypatch.setenv("CUPY_TF32", value)
+        assert B.tf32_requested() is expected

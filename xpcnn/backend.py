@@ -168,6 +168,8 @@ def resolve(spec: str) -> Backend:
     dev = cupy.cuda.Device(index)
     with dev:
         xp = array_api_compat.array_namespace(cupy.empty(0))
+        if tf32_requested():
+            set_cupy_tf32(True)
     return Backend("cupy", xp, dev, f"cupy:{index}")
 
 
@@ -440,6 +442,43 @@ def _transfer_like(x: Any, like: Any) -> Any:
         y = array_api_compat.to_device(x, array_api_compat.device(like))
         y = xp.astype(y, like.dtype)
         return xp.asarray(y, copy=True) if y is x else y
+
+
+
+# ----------------------------------------------------------------------------- TF32 on CuPy
+
+#: cuBLAS math modes (cublasMath_t): the default (float32 compute) and TF32 tensor cores.
+CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH = 0, 3
+
+
+def tf32_requested() -> bool:
+    """``CUPY_TF32`` is set to a positive integer (CuPy's own switch, read here the same way)."""
+    try:
+        return int(os.environ.get("CUPY_TF32", "0") or 0) > 0
+    except ValueError:
+        return False
+
+
+def set_cupy_tf32(enabled: bool, cublas: Any = None, handle: int | None = None) -> int:
+    """Put the current GPU's cuBLAS handle (this thread's) in TF32 math mode, or back to the default.
+
+    ``CUPY_TF32=1`` alone makes CuPy pass the TF32 compute type only to its 2-D GEMMs
+    (``cupy.dot``/2-D ``matmul``: the dense layers).  Batched ``matmul`` -- the convolutions'
+    ``(F, K) @ (N, K, L)`` -- calls ``sgemmBatched``/``gemmStridedBatchedEx`` with a plain float32
+    compute type, which follows the handle's math mode instead; :func:`resolve` calls this for
+    ``cupy`` specs when ``CUPY_TF32`` is set, so every GEMM uses TF32.  Returns the mode set.
+    ``cublas``/``handle`` default to CuPy's (injectable for tests).
+    """
+    if cublas is None:
+        from cupy_backends.cuda.libs import cublas
+    if handle is None:
+        import cupy
+
+        handle = cupy.cuda.device.get_cublas_handle()
+    mode = getattr(cublas, "CUBLAS_TF32_TENSOR_OP_MATH", CUBLAS_TF32_TENSOR_OP_MATH) if enabled else \
+        getattr(cublas, "CUBLAS_DEFAULT_MATH", CUBLAS_DEFAULT_MATH)
+    cublas.setMathMode(handle, mode)
+    return int(mode)
 
 
 _resolve = resolve  # the pre-0.2 private name, kept until every caller uses resolve
