@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import importlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -393,7 +394,7 @@ def device_scope(target: Any = None) -> contextlib.AbstractContextManager[Any]:
     else:
         device = target
     if hasattr(device, "__enter__") and hasattr(device, "__exit__") and not _is_torch_device(device):
-        return device  # type: ignore[no-any-return]
+        return device
     return contextlib.nullcontext()
 
 
@@ -470,7 +471,7 @@ def set_cupy_tf32(enabled: bool, cublas: Any = None, handle: int | None = None) 
     ``cublas``/``handle`` default to CuPy's (injectable for tests).
     """
     if cublas is None:
-        from cupy_backends.cuda.libs import cublas
+        cublas = importlib.import_module("cupy_backends.cuda.libs.cublas")
     if handle is None:
         import cupy
 
