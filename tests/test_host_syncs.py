@@ -78,7 +78,9 @@ def test_device_reads_and_copies_do_not_grow_with_steps(counted):
     few, many = _fit(8, counts), _fit(32, counts)
     assert few == many, f"8 steps: {few}; 32 steps: {many}"
     reads = sum(v for k, v in few.items() if k != "host_to_device")
-    assert 0 < reads <= 12  # per epoch: the loss and accuracy sums (train and validation)
+    # per epoch: loss and accuracy sums (train, validation), the validation predictions, and
+    # Trainer.check_weights' one finiteness read per parameter
+    assert 0 < reads <= 2 * (5 + len(_net().parameters()))
     assert few["host_to_device"] <= 20  # per epoch: order, augmentation parameters, dropout masks
 
 
@@ -111,7 +113,7 @@ def test_labels_out_of_range_fail_before_the_first_update(counted):
     y = np.array([0, 1, 2, 3, 4, 5, 0, 1] * 2)  # 5 is out of range for 5 classes
     model = _net()
     before = {k: B.to_numpy(v).copy() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\).*got values in \[0, 5\]"):
+    with pytest.raises(ValueError, match=r"train y must hold labels in 0\.\.4 .*got 5"):
         train.fit(model, optim.SGD(model.parameters(), lr=0.1), (x, y), batch_size=8, on_device=True,
                   progress=False, log=None)
     for key, value in model.state_dict().items():
