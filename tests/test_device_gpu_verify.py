@@ -43,6 +43,7 @@ def test_dry_run_runs_every_stage_and_reruns_only_what_is_asked(tmp_path, capsys
     assert parity["ok"] and parity["ops"]["worst"] == {"float64": 0.0, "float32": 0.0}
     assert len(parity["ops"]["ops"]) == 2 * 11  # 10 layer cases + the loss, in both dtypes
     assert parity["lenet5_steps"]["worst_weight_err"] == 0.0
+    assert parity["tf32"]["ok"] and 0 < parity["tf32"]["conv_err_tf32_off"] <= 1e-5  # float32 vs a float64 oracle
     assert json.loads(out.read_text()) == json.loads(json.dumps(gv._jsonable(doc)))  # written after the last stage
 
     before = json.loads(out.read_text())["stages"]

@@ -14,8 +14,7 @@ import collections
 
 import numpy as np
 import pytest
-from array_api_strict._array_object import Array as StrictArray
-from device_lanes import activate, lane_backend, strict
+from device_lanes import StrictArray, activate, lane_backend, strict
 
 from xpcnn import backend as B
 from xpcnn import optim, train

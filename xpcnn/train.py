@@ -279,12 +279,15 @@ class Tally:
         self.seen = 0
         self._pending: list[tuple[int, Any]] = []
         self._read: dict[str, float] = {}
+        self._wide: bool | None = None
 
     def add(self, loss: Any, logits: Any, labels: Any, step: int = 0) -> bool:
         """Sum one batch on the device; returns True when this call read the tally (a check)."""
         xp = array_api_compat.array_namespace(logits)
         n = int(labels.shape[0])
-        weighted = _wide(xp, loss) * float(n)  # summed in float64 where the device has it
+        if self._wide is None:  # sum in float64 where the device has it (asked once)
+            self._wide = _has_float64(xp, loss)
+        weighted = (xp.astype(loss, xp.float64) if self._wide else loss) * float(n)
         hits = xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
         self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
         self.correct = hits if self.correct is None else self.correct + hits
@@ -329,15 +332,13 @@ def _mask_banks(layer: Any) -> list[Any]:
     return banks
 
 
-def _wide(xp: Any, x: Any) -> Any:
-    """``x`` in float64 when its device supports it (CPU, CUDA), else unchanged."""
-    if x.dtype == xp.float64:
-        return x
+def _has_float64(xp: Any, x: Any) -> bool:
+    """``x``'s device supports float64 (CPU, CUDA; not array-api-strict's ``no_float64`` device)."""
     try:
-        ok = "float64" in xp.__array_namespace_info__().dtypes(device=array_api_compat.device(x), kind="real floating")
+        return "float64" in xp.__array_namespace_info__().dtypes(device=array_api_compat.device(x),
+                                                                 kind="real floating")
     except (AttributeError, TypeError):  # a namespace without the inspection API
-        ok = True
-    return xp.astype(x, xp.float64) if ok else x
+        return True
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
