@@ -189,3 +189,15 @@ def test_tf32_switch_sets_the_cublas_math_mode(monkeypatch):
     for value, expected in (("1", True), ("0", False), ("", False), ("yes", False), ("2", True)):
         monkeypatch.setenv("CUPY_TF32", value)
         assert B.tf32_requested() is expected
+
+
+def test_predict_moves_input_and_enters_the_device(lane, rng):
+    model = small_net(dtype="float64")
+    host = rng.standard_normal((5, 1, 7, 7))
+    out = model.predict(host, batch_size=2)  # a host array, moved; the pads created inside the scope
+    assert on_lane(out, lane) and tuple(out.shape) == (5, 5)
+    cpu = B.asarray(host, "float64", backend="array_api_strict")  # same library, other device
+    np.testing.assert_array_equal(B.to_numpy(model.predict(cpu, batch_size=2)), B.to_numpy(out))
+    with B.using("numpy"):
+        ref = small_net(dtype="float64")
+        np.testing.assert_allclose(B.to_numpy(out), ref.predict(host, batch_size=2), rtol=1e-12)
