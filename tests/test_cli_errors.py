@@ -98,7 +98,7 @@ def test_bad_commands(argv, needles):
     (["--val-split", "0.0001"], ["--val-split 0.0001", "empty train or validation set"]),
     (["--save-best", "--val-split", "0"], ["--save-best", "--val-split is 0"]),
     (["--early-stop", "2", "--val-split", "0"], ["--early-stop", "never used for selection"]),
-    (["--on-device", "--augment", "shift1"], ["--augment shift1", "--on-device"]),
+    (["--check-every", "0"], ["--check-every", "expected an integer >= 1, got 0"]),
     (["--backend", "nope"], ["unknown backend 'nope'", "numpy", "cupy", "torch", "array_api_strict"]),
 ])
 def test_bad_combinations_fail_before_training(small_mnist, tmp_path, extra, needles):
