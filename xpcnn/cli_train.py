@@ -196,11 +196,13 @@ def run(plan: Plan) -> int:
     if stopper is not None:
         callbacks.append(stopper)
     progress = not args.no_progress and sys.stderr.isatty()
-    history = train.fit(plan.model, plan.optimizer, plan.train, val=plan.val, epochs=recipe.epochs,
-                        batch_size=recipe.batch_size, scheduler=plan.scheduler, callbacks=callbacks,
-                        seed=plan.run["seed"], on_device=args.on_device, transform=plan.transform,
-                        resume=args.resume, resume_hyper=plan.resume_hyper, progress=progress, extra=extra,
-                        check_every=getattr(args, "check_every", 50))
+    # NumPy's overflow/invalid warnings would add lines to a diverging run's one-line error: the guard reports it
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        history = train.fit(plan.model, plan.optimizer, plan.train, val=plan.val, epochs=recipe.epochs,
+                            batch_size=recipe.batch_size, scheduler=plan.scheduler, callbacks=callbacks,
+                            seed=plan.run["seed"], on_device=args.on_device, transform=plan.transform,
+                            resume=args.resume, resume_hyper=plan.resume_hyper, progress=progress, extra=extra,
+                            check_every=getattr(args, "check_every", 50))
     evaluated_epoch = int(history.epochs[-1]["epoch"]) if history.epochs else plan.resumed_epoch
     if stopper is not None and stopper.stopped_epoch is not None and stopper.best_state is not None:
         evaluated_epoch = stopper.best_epoch or evaluated_epoch
