@@ -8,6 +8,7 @@ from typing import Any
 import array_api_compat
 
 from . import backend as B
+from .kernels import fusion
 from .layers.base import LAYER_TYPES, Layer
 from .parameter import ParamRef
 
@@ -49,8 +50,8 @@ class Sequential:
     # -- computation ----------------------------------------------------------------------------
     def forward(self, x: Any, train: bool = False) -> Any:
         """x: the first layer's input (e.g. (N, C, H, W)) -> the last layer's output (e.g. logits (N, K))."""
-        for layer in self.layers:
-            x = layer.forward(x, train=train)
+        for unit in fusion.forward_units(self):  # the layers, with Conv->ReLU->MaxPool fused where possible
+            x = unit.forward(x, train=train)
         return x
 
     __call__ = forward
@@ -60,8 +61,8 @@ class Sequential:
 
         Returns ``dL/dx`` for the input, or None when the first layer skips it (Conv2D/Dense do).
         """
-        for layer in reversed(self.layers):
-            dout = layer.backward(dout)
+        for unit in reversed(fusion.backward_units(self)):
+            dout = unit.backward(dout)
         return dout
 
     def predict(self, x: Any, batch_size: int = 512) -> Any:

@@ -12,6 +12,8 @@ op                 module                                               eligible
 ``avg_pool2d``     :mod:`.pool`                                         float32/float64, (N, C, H, W)
 ``batch_norm``     :mod:`.norm`                                         float32/float64, (N, D) or (N, C, H, W)
 ``optimizer_update`` :mod:`.updates` (in place)                         contiguous writable float arrays
+fused Conv->ReLU-> :mod:`.fused` (one pass per block; planned by         as ``conv2d`` and ``max_pool2d``
+MaxPool            :mod:`xpcnn.kernels.fusion`)
 ================== ==================================================== =====================================
 
 Anything else falls back to the reference (:mod:`xpcnn.functional`).  Numba missing or failing to
@@ -23,11 +25,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import ops
-from . import conv, norm, pool, threads, updates
+from .. import fusion, ops
+from . import conv, fused, norm, pool, threads, updates
 from ._jit import CACHE, CACHE_PROBLEM
 
-__all__ = ["CACHE", "CACHE_PROBLEM", "NAME", "conv", "norm", "pool", "threads", "updates"]
+__all__ = ["CACHE", "CACHE_PROBLEM", "NAME", "conv", "fused", "norm", "pool", "threads", "updates"]
 
 #: the kernel set's name on the seam (``xpcnn.kernels.active_sets()``)
 NAME = "numba_cpu"
@@ -40,6 +42,7 @@ def _register() -> None:
     ops.avg_pool2d.register(nd, NAME, pool.avg_pool2d_forward, pool.avg_pool2d_backward, pool.pool_eligible)
     ops.batch_norm.register(nd, NAME, norm.batch_norm_forward, norm.batch_norm_backward, norm.batch_norm_eligible)
     ops.optimizer_update.register(nd, NAME, updates.optimizer_update, None, updates.update_eligible)
+    fusion.conv2d_relu_max_pool2d.register(nd, NAME, fused.fused_forward, fused.fused_backward, fused.fused_eligible)
 
 
 _register()

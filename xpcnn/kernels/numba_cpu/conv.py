@@ -22,15 +22,17 @@ in block order, so the result does not depend on the thread count.  The forward 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import threads
 from ._jit import jit
 
-__all__ = ["ConvCache", "conv2d_backward", "conv2d_forward", "conv_eligible", "plan_block"]
+__all__ = ["ConvCache", "ConvPlan", "backward_blocks", "conv2d_backward", "conv2d_forward", "conv_eligible",
+           "forward_blocks", "make_plan", "plan_block"]
 
 #: bytes of column matrix per block the block size aims at (an L2-sized working set)
 BLOCK_BYTES = 768 * 1024
@@ -179,26 +181,132 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------- the op
 
-@dataclass(frozen=True)
-class ConvCache:
-    """What the backward needs: the input (columns are recomputed), the weights, the geometry, the blocking."""
+class ConvPlan(NamedTuple):
+    """A convolution's sizes and blocking: ``x: (N, C, H, W)``, ``W: (F, C, KH, KW)`` -> ``(N, F, OH, OW)``."""
 
-    x: np.ndarray                 # (N, C, H, W), C-contiguous
-    W: np.ndarray                 # (F, C, KH, KW), C-contiguous
-    has_bias: bool
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    out: tuple[int, int]          # (OH, OW)
-    block: int                    # samples per block
-    relu: bool = False            # the forward applied ReLU to its output (fused epilogue)
-    y: np.ndarray | None = None   # the output, kept when relu (its sign masks dout)
+    N: int
+    C: int
+    H: int
+    W: int
+    F: int
+    KH: int
+    KW: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    OH: int
+    OW: int
+    block: int  # samples per block
+
+    @property
+    def K(self) -> int:
+        return self.C * self.KH * self.KW
+
+    @property
+    def L(self) -> int:
+        return self.OH * self.OW
+
+    def taps(self) -> tuple[int, ...]:
+        """The geometry arguments of the im2col/col2im kernels, after ``(C, H, W, n0, nb)``."""
+        return (self.KH, self.KW, self.sh, self.sw, self.ph, self.pw, self.dh, self.dw, self.OH, self.OW)
 
 
 def plan_block(N: int, K: int, L: int, itemsize: int) -> int:
     """Samples per block: as many as keep the block's ``(K, nb*L)`` columns near :data:`BLOCK_BYTES`."""
     per_sample = max(1, K * L * itemsize)
     return max(1, min(N, MAX_BLOCK, BLOCK_BYTES // per_sample))
+
+
+def make_plan(x: np.ndarray, W: np.ndarray, stride: tuple[int, int], padding: tuple[int, int],
+              dilation: tuple[int, int]) -> ConvPlan:
+    N, C, H, Wd = x.shape
+    F, _, KH, KW = W.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    OH = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1
+    OW = (Wd + 2 * pw - dw * (KW - 1) - 1) // sw + 1
+    nb = plan_block(N, C * KH * KW, OH * OW, x.dtype.itemsize)
+    return ConvPlan(N, C, H, Wd, F, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, nb)
+
+
+def forward_blocks(x: np.ndarray, W: np.ndarray, plan: ConvPlan,
+                   epilogue: Callable[[int, int, np.ndarray], None]) -> None:
+    """For every block: columns (Numba), ``out = Wm @ col`` (BLAS), then ``epilogue(n0, nb, out)``.
+
+    ``out: (F, nb*L)``, column ``s*L + l`` for sample ``n0 + s`` and output pixel ``l``.
+    """
+    p = plan
+    K, L = p.K, p.L
+    Wm = W.reshape(p.F, K)
+    xf = x.reshape(-1)
+
+    def block(k: int) -> None:
+        n0 = k * p.block
+        m = min(p.block, p.N - n0)
+        col = _scratch("col", (K, m * L), x.dtype)
+        _im2col_block(xf, p.C, p.H, p.W, n0, m, *p.taps(), col.reshape(-1))
+        out = _scratch("out", (p.F, m * L), x.dtype)
+        np.matmul(Wm, col, out=out)
+        epilogue(n0, m, out)
+
+    with threads.blas_single_thread():
+        threads.run_blocks(block, -(-p.N // p.block))
+
+
+def backward_blocks(x: np.ndarray, W: np.ndarray, plan: ConvPlan,
+                    fill: Callable[[int, int, np.ndarray, np.ndarray], None],
+                    need_dx: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """``(dx, dW, db)`` where ``fill(n0, nb, dmat, db_part)`` writes the block's output gradient as
+    ``dmat: (F, nb*L)`` and its bias-gradient partial ``db_part: (F,)`` (float64)."""
+    p = plan
+    K, L, F = p.K, p.L, p.F
+    dtype = x.dtype
+    n_blocks = -(-p.N // p.block)
+    WmT = W.reshape(F, K).T
+    dWt_parts = np.empty((n_blocks, K, F), dtype=dtype)  # dW^T per block: col @ dmat^T is the faster GEMM
+    db_parts = np.empty((n_blocks, F), dtype=np.float64)
+    dx = np.empty((p.N, p.C, p.H, p.W), dtype=dtype) if need_dx else None
+    xf = x.reshape(-1)
+    dxf = dx.reshape(-1) if dx is not None else None
+
+    def block(k: int) -> None:
+        n0 = k * p.block
+        m = min(p.block, p.N - n0)
+        dmat = _scratch("dmat", (F, m * L), dtype)
+        fill(n0, m, dmat, db_parts[k])
+        col = _scratch("col", (K, m * L), dtype)
+        _im2col_block(xf, p.C, p.H, p.W, n0, m, *p.taps(), col.reshape(-1))
+        np.matmul(col, dmat.T, out=dWt_parts[k])
+        if dxf is not None:
+            dcol = _scratch("dcol", (K, m * L), dtype)
+            np.matmul(WmT, dmat, out=dcol)
+            _col2im_block(dcol.reshape(-1), p.C, p.H, p.W, n0, m, *p.taps(), dxf)
+
+    with threads.blas_single_thread():
+        threads.run_blocks(block, n_blocks)
+    dW = np.ascontiguousarray(_sum_blocks(dWt_parts).T).reshape(F, p.C, p.KH, p.KW)
+    db = _sum_blocks(db_parts).astype(dtype)
+    return dx, dW, db
+
+
+def _sum_blocks(parts: np.ndarray) -> np.ndarray:
+    """Add the per-block partials in block order (fixed, whatever the thread count)."""
+    total = parts[0].copy()
+    for k in range(1, parts.shape[0]):
+        total += parts[k]
+    return total
+
+
+@dataclass(frozen=True)
+class ConvCache:
+    """What the backward needs: the input (columns are recomputed), the weights, the plan."""
+
+    x: np.ndarray                 # (N, C, H, W), C-contiguous
+    W: np.ndarray                 # (F, C, KH, KW), C-contiguous
+    plan: ConvPlan
+    y: np.ndarray | None = None   # the output when ReLU was fused in (its sign masks dout)
 
 
 def _as_pair(v: Any) -> tuple[int, int] | None:
@@ -229,93 +337,47 @@ def conv2d_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: t
                    padding: tuple[int, int], dilation: tuple[int, int], relu: bool = False,
                    **_: Any) -> tuple[np.ndarray, ConvCache]:
     """y: (N, F, OH, OW) = conv(x, W) + b (then ReLU if ``relu``); the cache for :func:`conv2d_backward`."""
-    x = np.ascontiguousarray(x)
-    W = np.ascontiguousarray(W)
-    N, C, H, Wd = x.shape
-    F, _, KH, KW = W.shape
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    OH = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1
-    OW = (Wd + 2 * pw - dw * (KW - 1) - 1) // sw + 1
-    K, L = C * KH * KW, OH * OW
-    nb = plan_block(N, K, L, x.dtype.itemsize)
-    n_blocks = -(-N // nb)
-    Wm = W.reshape(F, K)
+    x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
+    p = make_plan(x, W, stride, padding, dilation)
     bias = b if b is not None else np.zeros(1, dtype=x.dtype)
-    y = np.empty((N, F, L), dtype=x.dtype)
-    xf, yf = x.reshape(-1), y.reshape(-1)
+    y = np.empty((p.N, p.F, p.OH, p.OW), dtype=x.dtype)
+    yf = y.reshape(-1)
 
-    def block(k: int) -> None:
-        n0 = k * nb
-        m = min(nb, N - n0)
-        col = _scratch("col", (K, m * L), x.dtype)
-        _im2col_block(xf, C, H, Wd, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, col.reshape(-1))
-        out = _scratch("out", (F, m * L), x.dtype)
-        np.matmul(Wm, col, out=out)
-        _epilogue(out.reshape(-1), bias, b is not None, relu, F, L, n0, m, yf)
+    def epilogue(n0: int, m: int, out: np.ndarray) -> None:
+        _epilogue(out.reshape(-1), bias, b is not None, relu, p.F, p.L, n0, m, yf)
 
-    with threads.blas_single_thread():
-        threads.run_blocks(block, n_blocks)
-    y4 = y.reshape(N, F, OH, OW)
-    cache = ConvCache(x, W, b is not None, tuple(stride), tuple(padding), tuple(dilation), (OH, OW), nb, relu,
-                      y4 if relu else None)
-    return y4, cache
+    forward_blocks(x, W, p, epilogue)
+    return y, ConvCache(x, W, p, y if relu else None)
 
 
 @jit
-def _relu_mask(dout, y, out):  # pragma: no cover - compiled
-    """out = dout where y > 0, else 0 (flat arrays)."""
-    for k in range(dout.size):
-        out[k] = dout[k] if y[k] > 0.0 else 0.0
+def _gather_dout_relu(doutf, yf, F, L, n0, nb, dmatf, dbias):  # pragma: no cover - compiled
+    """:func:`_gather_dout` of ``dout * (y > 0)`` (the gradient through a fused ReLU)."""
+    ncol = nb * L
+    zero = dmatf.dtype.type(0)
+    for f in range(F):
+        acc = 0.0
+        for s in range(nb):
+            src = np.uint64(((n0 + s) * F + f) * L)
+            dst = np.uint64(f * ncol + s * L)
+            for l in range(np.uint64(L)):
+                v = doutf[src + l] if yf[src + l] > zero else zero
+                dmatf[dst + l] = v
+                acc += v
+        dbias[f] = acc
 
 
 def conv2d_backward(dout: np.ndarray, cache: ConvCache,
                     need_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """``(dx, dW, db)``; dx: (N, C, H, W) or None (``need_dx`` False), dW: (F, C, KH, KW), db: (F,)."""
-    x, W = cache.x, cache.W
-    N, C, H, Wd = x.shape
-    F, _, KH, KW = W.shape
-    OH, OW = cache.out
-    (sh, sw), (ph, pw), (dh, dw) = cache.stride, cache.padding, cache.dilation
-    K, L = C * KH * KW, OH * OW
-    dtype = x.dtype
-    d3 = np.ascontiguousarray(dout, dtype=dtype).reshape(N, F, L)
-    if cache.relu:
-        masked = np.empty_like(d3)
-        _relu_mask(d3.reshape(-1), cache.y.reshape(-1), masked.reshape(-1))
-        d3 = masked
-    nb = cache.block
-    n_blocks = -(-N // nb)
-    Wm = W.reshape(F, K)
-    WmT = Wm.T
-    dWt_parts = np.empty((n_blocks, K, F), dtype=dtype)  # dW^T per block: col @ dmat^T is the faster GEMM
-    db_parts = np.empty((n_blocks, F), dtype=np.float64)
-    dx = np.empty((N, C, H, Wd), dtype=dtype) if need_dx else None
-    xf, d3f = x.reshape(-1), d3.reshape(-1)
-    dxf = dx.reshape(-1) if dx is not None else None
+    p = cache.plan
+    df = np.ascontiguousarray(dout, dtype=cache.x.dtype).reshape(-1)
+    yf = cache.y.reshape(-1) if cache.y is not None else None
 
-    def block(k: int) -> None:
-        n0 = k * nb
-        m = min(nb, N - n0)
-        dmat = _scratch("dmat", (F, m * L), dtype)
-        _gather_dout(d3f, F, L, n0, m, dmat.reshape(-1), db_parts[k])
-        col = _scratch("col", (K, m * L), dtype)
-        _im2col_block(xf, C, H, Wd, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, col.reshape(-1))
-        np.matmul(col, dmat.T, out=dWt_parts[k])
-        if dx is not None:
-            dcol = _scratch("dcol", (K, m * L), dtype)
-            np.matmul(WmT, dmat, out=dcol)
-            _col2im_block(dcol.reshape(-1), C, H, Wd, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dxf)
+    def fill(n0: int, m: int, dmat: np.ndarray, db_part: np.ndarray) -> None:
+        if yf is None:
+            _gather_dout(df, p.F, p.L, n0, m, dmat.reshape(-1), db_part)
+        else:
+            _gather_dout_relu(df, yf, p.F, p.L, n0, m, dmat.reshape(-1), db_part)
 
-    with threads.blas_single_thread():
-        threads.run_blocks(block, n_blocks)
-    dW = np.ascontiguousarray(_sum_blocks(dWt_parts).T).reshape(F, C, KH, KW)
-    db = _sum_blocks(db_parts).astype(dtype)
-    return dx, dW, db
-
-
-def _sum_blocks(parts: np.ndarray) -> np.ndarray:
-    """Add the per-block partials in block order (fixed, whatever the thread count)."""
-    total = parts[0].copy()
-    for k in range(1, parts.shape[0]):
-        total += parts[k]
-    return total
+    return backward_blocks(cache.x, cache.W, p, fill, need_dx)

@@ -1,0 +1,110 @@
+"""Model-planned fusion (``xpcnn.kernels.fusion``): what gets fused, and that it changes no result.
+
+Oracles: the same model run layer by layer (fusion off) on the same kernel set, and the reference
+kernels.  Parameters, gradients' keys, state dicts and configs are the unfused model's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xpcnn import backend as B
+from xpcnn import kernels, models
+from xpcnn import layers as L
+from xpcnn.functional.pool import pool_geometry
+from xpcnn.kernels import fusion
+from xpcnn.model import Sequential
+
+
+def unit_kinds(model):
+    return [type(u).__name__ for u in fusion.plan(model.layers)]
+
+
+def test_plan_fuses_exactly_conv_relu_maxpool():
+    model = models.lenet5(rng=0)
+    assert unit_kinds(model) == ["FusedConvReluPool", "FusedConvReluPool", "Flatten", "Dense", "ReLU", "Dense",
+                                 "ReLU", "Dense"]
+    other = Sequential(L.Conv2D(1, 2, 3, rng=0), L.LeakyReLU(), L.MaxPool2D(2),   # not ReLU
+                       L.Conv2D(2, 2, 3, rng=0), L.ReLU(), L.AvgPool2D(2),       # not max pooling
+                       L.Conv2D(2, 2, 1, rng=0), L.ReLU())                       # incomplete
+    assert unit_kinds(other) == ["Conv2D", "LeakyReLU", "MaxPool2D", "Conv2D", "ReLU", "AvgPool2D", "Conv2D", "ReLU"]
+    bn = models.bn_cnn(rng=0)  # Conv -> BN -> ReLU -> pool: nothing to fuse
+    assert "FusedConvReluPool" not in unit_kinds(bn)
+
+
+def test_fusion_is_off_in_reference_mode_and_when_disabled():
+    model = models.lenet5(rng=0)
+    with kernels.using_kernels("reference"):
+        assert fusion.forward_units(model) == model.layers
+    with fusion.using_fusion(False):
+        assert fusion.forward_units(model) == model.layers
+    with fusion.using_fusion(True):
+        assert "FusedConvReluPool" in [type(u).__name__ for u in fusion.forward_units(model)]
+
+
+def run_step(model, x, y_onehot_grad):
+    out = model.forward(x, train=True)
+    dx = model.backward(y_onehot_grad)
+    return out, dx, {k: np.array(B.to_numpy(v)) for k, v in ((r.name, r.grad) for r in model.parameters())}
+
+
+@pytest.mark.parametrize("name", ["lenet5", "wide"])
+def test_fused_model_matches_unfused_and_reference(name):
+    pytest.importorskip("numba", reason="numba is not installed: the fused kernel is numba_cpu's")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((19, 1, 28, 28)).astype(np.float32)
+    dout = rng.standard_normal((19, 10)).astype(np.float32)
+    results = {}
+    for label, mode, fused in (("fused", "fast", True), ("unfused", "fast", False), ("reference", "reference", False)):
+        model = models.build(name, rng=3)
+        with kernels.using_kernels(mode), fusion.using_fusion(fused):
+            if label == "fused":
+                conv = model[0]
+                g = pool_geometry((19, conv.out_channels, 28, 28), 2)
+                assert fusion.conv2d_relu_max_pool2d.implementation(
+                    x, conv.params["W"], conv.params["b"], conv.stride, conv.padding, conv.dilation, g) == "numba_cpu"
+            results[label] = run_step(model, x, dout)
+            state_keys, config = sorted(model.state_dict()), model.config()
+    fused_out, _, fused_grads = results["fused"]
+    for other in ("unfused", "reference"):
+        out, _, grads = results[other]
+        tol = 0.0 if other == "unfused" else 1e-5
+        scale = float(np.max(np.abs(out)))
+        assert float(np.max(np.abs(fused_out - out))) <= tol * scale
+        assert grads.keys() == fused_grads.keys()
+        for key in grads:
+            err = float(np.max(np.abs(fused_grads[key] - grads[key]))) / float(np.max(np.abs(grads[key])))
+            assert err <= (1e-6 if other == "unfused" else 1e-5), (other, key, err)
+    assert state_keys == sorted(models.build(name, rng=3).state_dict())
+    assert config == models.build(name, rng=3).config()
+
+
+def test_fused_unit_backward_before_forward_is_an_error():
+    model = models.lenet5(rng=0)
+    unit = fusion.plan(model.layers)[0]
+    with pytest.raises(RuntimeError, match="before forward"):
+        unit.backward(np.zeros((1, 6, 14, 14), np.float32))
+
+
+def test_fused_unit_validates_like_the_conv_layer():
+    model = models.lenet5(rng=0)
+    with pytest.raises(ValueError, match="channel mismatch"):
+        model.forward(np.zeros((2, 3, 28, 28), np.float32))
+    with pytest.raises(TypeError, match="dtype"):
+        model.forward(np.zeros((2, 1, 28, 28), np.float64))
+
+
+def test_fused_op_reference_runs_on_other_backends():
+    """Where no fast set has the fused op (array_api_strict), its reference chains the three ops."""
+    pytest.importorskip("array_api_strict", reason="array-api-strict is not installed")
+    rng = np.random.default_rng(1)
+    x_host = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
+    outs = []
+    for fused in (True, False):
+        with B.using("array_api_strict"), fusion.using_fusion(fused):
+            model = models.lenet5(rng=2)
+            outs.append(np.array(B.to_numpy(model.forward(B.asarray(x_host), train=True))))
+            model.backward(B.asarray(np.ones((3, 10), np.float32)))
+            assert model[0].grads["W"].shape == (6, 1, 5, 5)
+    np.testing.assert_array_equal(outs[0], outs[1])
