@@ -108,3 +108,22 @@ def test_fused_op_reference_runs_on_other_backends():
             model.backward(B.asarray(np.ones((3, 10), np.float32)))
             assert model[0].grads["W"].shape == (6, 1, 5, 5)
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_layers_with_replaced_methods_are_not_fused():
+    """A probe or hook put on a layer instance must run: such a layer is never fused away."""
+    model = models.lenet5(rng=0)
+    calls = []
+    relu = model[1]
+    original = relu.forward
+
+    def probe(x, train=False):
+        calls.append(x.shape)
+        return original(x, train=train)
+
+    relu.forward = probe
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    model.forward(x)
+    assert calls == [(2, 6, 28, 28)]
+    assert [type(u).__name__ for u in fusion.forward_units(model)][:4] == ["Conv2D", "ReLU", "MaxPool2D",
+                                                                          "FusedConvReluPool"]

@@ -280,3 +280,15 @@ def test_one_and_two_threads_are_bitwise_identical(numba_cpu):
         results.append(conv + pool + bn)
     for one, two in zip(*results):
         assert one.tobytes() == two.tobytes()
+
+
+def test_nan_propagates_through_pooling_like_the_reference(numba_cpu):
+    x = np.arange(2 * 1 * 4 * 4, dtype=np.float32).reshape(2, 1, 4, 4)
+    x[0, 0, 1, 1] = np.nan   # not the first tap of its window
+    x[1, 0, 2, 2] = np.nan   # the first tap of its window
+    g = pool_geometry(x.shape, 2)
+    out = both(kernels.max_pool2d, x, g)
+    np.testing.assert_array_equal(np.isnan(out["fast"][0]), np.isnan(out["reference"][0]))
+    assert np.isnan(out["fast"][0]).sum() == 2
+    y, _ = numba_cpu.pool.max_pool2d_forward(x - 100, g, relu=True)  # ReLU keeps NaN, clamps the rest to 0
+    assert np.isnan(y).sum() == 2 and np.all(y[~np.isnan(y)] == 0)

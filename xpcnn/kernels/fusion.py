@@ -8,6 +8,7 @@ crosses a composite's boundary is never fused (it runs layer by layer).  The uni
 in one pass per block of samples; elsewhere its reference runs the three ops one after another
 (each through the seam), so any backend works.
 
+A layer whose ``forward`` or ``backward`` was replaced on the instance (a probe, a hook) is never fused.
 Nothing about the model changes: the unit writes the Conv2D's ``grads["W"]``/``grads["b"]`` exactly
 where the layer would, parameters stay in the layers, ``config()``/``state_dict()``/checkpoints are
 untouched.  Fusion is skipped in kernel mode ``reference`` (the reference runs the model's layers
@@ -135,7 +136,8 @@ def plan(layers: Sequence[Any]) -> list[Any]:
     i = 0
     while i < len(layers):
         a = layers[i:i + 3]
-        if len(a) == 3 and type(a[0]) is Conv2D and type(a[1]) is ReLU and type(a[2]) is MaxPool2D:
+        if (len(a) == 3 and type(a[0]) is Conv2D and type(a[1]) is ReLU and type(a[2]) is MaxPool2D
+                and not any(map(_patched, a))):
             units.append(FusedConvReluPool(*a))
             i += 3
         else:
@@ -144,13 +146,18 @@ def plan(layers: Sequence[Any]) -> list[Any]:
     return units
 
 
+def _patched(layer: Any) -> bool:
+    return "forward" in layer.__dict__ or "backward" in layer.__dict__
+
+
 def forward_units(model: Any) -> list[Any]:
     """What ``model.forward`` runs, in order (the plan is cached on the model and kept for the backward)."""
     layers = model.layers
     if not fusion_enabled():
         units = list(layers)
     else:
-        key = tuple(map(id, layers))
+        # a layer whose forward/backward was replaced on the instance (a test's probe, a hook) is not fused
+        key = tuple((id(layer), _patched(layer)) for layer in layers)
         cached = model.__dict__.get("_fusion_plan")
         if cached is None or cached[0] != key:
             cached = (key, plan(layers))

@@ -137,7 +137,8 @@ def _epilogue(outf, b, has_bias, relu, F, L, n0, nb, yf):  # pragma: no cover - 
             dst = np.uint64(((n0 + s) * F + f) * L)
             if relu:
                 for l in range(np.uint64(L)):
-                    yf[dst + l] = max(outf[src + l] + bf, zero)
+                    v = outf[src + l] + bf
+                    yf[dst + l] = zero if v <= zero else v  # NaN stays NaN, as np.maximum
             else:
                 for l in range(np.uint64(L)):
                     yf[dst + l] = outf[src + l] + bf

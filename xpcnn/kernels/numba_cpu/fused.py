@@ -52,12 +52,12 @@ def _pool_epilogue(outf, b, has_bias, F, OH, OW, KH, KW, sh, sw, ph, pw, POH, PO
                             w = w0 + j
                             if inside_h and 0 <= w < OW:
                                 v = outf[np.uint64(plane + h * OW + w)] + bf
-                                if v > best or t == 0:
+                                if v > best or t == 0 or (v != v and best == best):  # NaN propagates
                                     best = v
                                     arg = t
                             t += 1
                     o = np.uint64(obase + oh * POW + ow)
-                    yf[o] = best if best > zero else zero
+                    yf[o] = zero if best <= zero else best  # ReLU; NaN stays NaN
                     idxf[o] = arg
 
 

@@ -3,7 +3,8 @@
 Same geometry object and conventions as :mod:`xpcnn.functional.pool` (PyTorch's output sizes,
 ``ceil_mode``, padding at most half the kernel): max pooling treats padding as ``-inf`` and records
 the index ``i*KW + j`` of each window's *first* maximum (row-major, the reference's ``argmax`` exactly,
-``int8`` when the window has at most 127 taps, else ``int32``); average pooling counts padded zeros
+``int8`` when the window has at most 127 taps, else ``int32``; a NaN in a window makes its output NaN, as
+in NumPy's max and PyTorch's kernel); average pooling counts padded zeros
 (``count_include_pad``) and divides a ``ceil_mode`` window by its part inside the padded input.
 
 ``relu=True`` folds a preceding ReLU in (used by the fused Conv->ReLU->MaxPool): ``y = max(max_window(x), 0)``
@@ -50,14 +51,12 @@ def _max_fwd(xf, C, H, W, KH, KW, sh, sw, ph, pw, OH, OW, relu, n0, n1, yf, idxf
                             w = w0 + j
                             if inside_h and 0 <= w < W:
                                 v = xf[np.uint64(plane + h * W + w)]
-                                if v > best or t == 0:
+                                if v > best or t == 0 or (v != v and best == best):  # NaN propagates
                                     best = v
                                     arg = t
-                            elif t == 0:
-                                best = neg
                             t += 1
                     o = np.uint64(obase + oh * OW + ow)
-                    if relu and not best > zero:
+                    if relu and best <= zero:  # a NaN stays NaN, as through ReLU
                         best = zero
                     yf[o] = best
                     idxf[o] = arg
