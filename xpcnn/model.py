@@ -8,6 +8,7 @@ from typing import Any
 import array_api_compat
 
 from . import backend as B
+from . import flat
 from .kernels import fusion
 from .layers.base import LAYER_TYPES, Layer
 from .parameter import ParamRef
@@ -50,6 +51,7 @@ class Sequential:
     # -- computation ----------------------------------------------------------------------------
     def forward(self, x: Any, train: bool = False) -> Any:
         """x: the first layer's input (e.g. (N, C, H, W)) -> the last layer's output (e.g. logits (N, K))."""
+        flat.sync(self)  # a flat parameter store (if attached) gets back any array that was replaced
         for unit in fusion.forward_units(self):  # the layers, with Conv->ReLU->MaxPool fused where possible
             x = unit.forward(x, train=train)
         return x
@@ -63,6 +65,7 @@ class Sequential:
         """
         for unit in reversed(fusion.backward_units(self)):
             dout = unit.backward(dout)
+        flat.collect_grads(self)
         return dout
 
     def predict(self, x: Any, batch_size: int = 512) -> Any:
@@ -116,6 +119,7 @@ class Sequential:
             index, key = name.split(".", 1)
             layer = self.layers[int(index)]
             (layer.params if key in layer.params else layer.buffers)[key] = value
+        flat.sync(self)
 
     # -- random number generators --------------------------------------------------------------
     def set_rng(self, rng: Any) -> None:
@@ -151,6 +155,7 @@ class Sequential:
         """
         for layer in self.layers:
             layer.to(spec)
+        flat.sync(self)
         return self
 
     # -- architecture ---------------------------------------------------------------------------
