@@ -215,9 +215,10 @@ class ConvPlan(NamedTuple):
         return (self.KH, self.KW, self.sh, self.sw, self.ph, self.pw, self.dh, self.dw, self.OH, self.OW)
 
 
-def plan_block(N: int, K: int, L: int, itemsize: int) -> int:
-    """Samples per block: as many as keep the block's ``(K, nb*L)`` columns near :data:`BLOCK_BYTES`."""
-    per_sample = max(1, K * L * itemsize)
+def plan_block(N: int, K: int, L: int, itemsize: int, F: int = 0) -> int:
+    """Samples per block: as many as keep the block's columns ``(K, nb*L)`` and GEMM output ``(F, nb*L)``
+    near :data:`BLOCK_BYTES` together."""
+    per_sample = max(1, (K + F) * L * itemsize)
     return max(1, min(N, MAX_BLOCK, BLOCK_BYTES // per_sample))
 
 
@@ -228,7 +229,7 @@ def make_plan(x: np.ndarray, W: np.ndarray, stride: tuple[int, int], padding: tu
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     OH = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1
     OW = (Wd + 2 * pw - dw * (KW - 1) - 1) // sw + 1
-    nb = plan_block(N, C * KH * KW, OH * OW, x.dtype.itemsize)
+    nb = plan_block(N, C * KH * KW, OH * OW, x.dtype.itemsize, F)
     return ConvPlan(N, C, H, Wd, F, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, nb)
 
 
