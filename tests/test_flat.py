@@ -53,7 +53,8 @@ def test_mixed_dtypes_get_one_buffer_each():
         model.forward(np.zeros((1, 3), np.float32))
     store = flat.attach(model)
     assert sorted(store.params) == ["float32", "float64"]
-    assert store.params["float64"].dtype == np.float64 and store.params["float64"].size == 32  # W (8) padded to 16, then b (2) padded
+    # W (4, 2): 8 elements, padded to 16; b (2,) from offset 16, padded to 32
+    assert store.params["float64"].dtype == np.float64 and store.params["float64"].size == 32
 
 
 def train(model, steps, opt_cls=optim.Adam):

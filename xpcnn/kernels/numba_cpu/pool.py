@@ -212,6 +212,7 @@ def max_pool2d_backward(dout: np.ndarray, cache: NumbaPoolCache) -> np.ndarray:
     dx = np.empty(cache.x_shape, dtype=cache.dtype)
     dims = _geom(cache.x_shape, cache.geometry)
     yf = cache.y.reshape(-1) if cache.y is not None else d.reshape(-1)
+    assert cache.argmax is not None, "a max-pooling cache holds the first-max index"
     df, idxf, dxf = d.reshape(-1), cache.argmax.reshape(-1), dx.reshape(-1)
     _spread(lambda n0, n1: _max_bwd(df, idxf, yf, *dims, cache.relu, n0, n1, dxf), cache.x_shape[0])
     return dx
