@@ -19,7 +19,7 @@ try:
 except Exception as exc:  # missing, or broken (e.g. built against another NumPy)
     raise ImportError(f"numba is not usable: {type(exc).__name__}: {exc}") from exc
 
-__all__ = ["CACHE", "CACHE_PROBLEM", "jit", "numba"]
+__all__ = ["CACHE", "CACHE_PROBLEM", "jit", "jit_sum", "numba"]
 
 #: opt out of Numba's on-disk cache with XPCNN_NUMBA_CACHE=0 (read at import)
 _WANT_CACHE = os.environ.get("XPCNN_NUMBA_CACHE", "1").strip() != "0"
@@ -50,3 +50,12 @@ if not CACHE and _WANT_CACHE:
 def jit(fn: Callable[..., Any]) -> Any:
     """``numba.njit`` with the GIL released, no bounds checks, IEEE arithmetic and the on-disk cache if usable."""
     return numba.njit(nogil=True, cache=CACHE, fastmath=False, boundscheck=False, error_model="numpy")(fn)
+
+
+def jit_sum(fn: Callable[..., Any]) -> Any:
+    """:func:`jit` allowing LLVM to reassociate additions, so long reductions vectorise (partial sums per lane).
+
+    The summation order then follows the compiled code, not the source: still fixed for a given machine
+    and the same whatever thread runs it, so results stay independent of the thread count.
+    """
+    return numba.njit(nogil=True, cache=CACHE, fastmath={"reassoc"}, boundscheck=False, error_model="numpy")(fn)

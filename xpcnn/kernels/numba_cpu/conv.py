@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import threads
-from ._jit import jit
+from ._jit import jit, jit_sum
 
 __all__ = ["ConvCache", "ConvPlan", "backward_blocks", "conv2d_backward", "conv2d_forward", "conv_eligible",
            "forward_blocks", "make_plan", "plan_block"]
@@ -144,7 +144,7 @@ def _epilogue(outf, b, has_bias, relu, F, L, n0, nb, yf):  # pragma: no cover - 
                     yf[dst + l] = outf[src + l] + bf
 
 
-@jit
+@jit_sum
 def _gather_dout(doutf, F, L, n0, nb, dmatf, dbias):  # pragma: no cover - compiled
     """dout (flat (N, F, L)) -> dmat (flat (F, nb*L)) for samples n0 .. n0+nb-1; dbias[f] = their sum (float64)."""
     ncol = nb * L
@@ -352,7 +352,7 @@ def conv2d_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: t
     return y, ConvCache(x, W, p, y if relu else None)
 
 
-@jit
+@jit_sum
 def _gather_dout_relu(doutf, yf, F, L, n0, nb, dmatf, dbias):  # pragma: no cover - compiled
     """:func:`_gather_dout` of ``dout * (y > 0)`` (the gradient through a fused ReLU)."""
     ncol = nb * L

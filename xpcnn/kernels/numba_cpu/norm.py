@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 
 from . import threads
-from ._jit import jit
+from ._jit import jit, jit_sum
 
 __all__ = ["NumbaBatchNormCache", "batch_norm_backward", "batch_norm_eligible", "batch_norm_forward"]
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-@jit
+@jit_sum
 def _stats(xf, N, C, S, c0, c1, mean, var):  # pragma: no cover - compiled
     """Per feature c in [c0, c1): mean and biased variance over (n, s), two passes in float64."""
     M = N * S
@@ -55,7 +55,7 @@ def _affine(xf, N, C, S, c0, c1, mean, inv_std, gamma, beta, yf):  # pragma: no 
                 yf[base + s] = (xf[base + s] - mu) * inv * g + b
 
 
-@jit
+@jit_sum
 def _backward(doutf, xf, N, C, S, c0, c1, mean, inv_std, gamma, train, dxf, dgamma, dbeta):  # pragma: no cover
     """dgamma = sum dout*xhat, dbeta = sum dout; dx as in the module docstring (eval: dout*gamma*inv_std)."""
     M = N * S
@@ -74,14 +74,13 @@ def _backward(doutf, xf, N, C, S, c0, c1, mean, inv_std, gamma, train, dxf, dgam
         scale = g * inv
         mb = sb / M
         mg = sg / M
-        for n in range(N):
+        if not train:
+            mb = 0.0
+            mg = 0.0
+        for n in range(N):  # eval mode: mb = mg = 0, so dx = scale * dout
             base = np.uint64((n * C + c) * S)
             for s in range(np.uint64(S)):
-                d = np.float64(doutf[base + s])
-                if train:
-                    dxf[base + s] = scale * (d - mb - ((xf[base + s] - mu) * inv) * mg)
-                else:
-                    dxf[base + s] = scale * d
+                dxf[base + s] = scale * (np.float64(doutf[base + s]) - mb - ((xf[base + s] - mu) * inv) * mg)
 
 
 @dataclass(frozen=True)
