@@ -5,7 +5,8 @@ Signatures (arguments already validated by the caller; geometry already normalis
 ==========================  ==============================================  ===================================
 op                          forward(...) -> (y, cache)                       backward(dout, cache, ...) ->
 ==========================  ==============================================  ===================================
-``conv2d``                  ``x, W, b, stride, padding, dilation``           ``need_dx`` -> ``(dx, dW, db)``
+``conv2d``                  ``x, W, b, stride, padding, dilation[,           ``need_dx`` -> ``(dx, dW, db)``
+                            groups=G]`` (keyword, only when ``G > 1``)
 ``max_pool2d``              ``x, geometry`` (:class:`PoolGeometry`)          ``dx``
 ``avg_pool2d``              ``x, geometry``                                  ``dx``
 ``dense``                   ``x, W, b``                                      ``need_dx`` -> ``(dx, dW, db)``
