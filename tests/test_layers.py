@@ -17,13 +17,16 @@ import pytest
 from xpcnn import backend as B
 from xpcnn.gradient_check import gradcheck
 from xpcnn.layers import (LAYER_TYPES, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                          LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh)
+                          GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh)
 
 # name -> (factory(dtype, seed) -> layer, input shape, takes a dtype)
 SPECS = {
     "Conv2D": (lambda dt, s: Conv2D(2, 3, 3, padding=1, dtype=dt, rng=s), (2, 2, 5, 5), True),
     "Conv2D_stride": (lambda dt, s: Conv2D(2, 2, (3, 2), stride=2, dtype=dt, rng=s), (2, 2, 5, 6), True),
+    "Conv2D_depthwise": (lambda dt, s: Conv2D(3, 6, 3, padding=1, groups=3, bias=False, dtype=dt, rng=s),
+                         (2, 3, 5, 4), True),
     "MaxPool2D": (lambda dt, s: MaxPool2D(2), (2, 2, 4, 4), False),
+    "GlobalAvgPool2D": (lambda dt, s: GlobalAvgPool2D(), (2, 3, 3, 5), False),
     "AvgPool2D": (lambda dt, s: AvgPool2D(2, stride=1, padding=1), (2, 2, 3, 3), False),
     "Dense": (lambda dt, s: Dense(6, 4, dtype=dt, rng=s), (3, 6), True),
     "Dense_xavier": (lambda dt, s: Dense(5, 2, bias=False, init="xavier_uniform", dtype=dt, rng=s), (3, 5), True),
@@ -94,6 +97,7 @@ def test_gradcheck_float64(backend, rng, name):
 def test_float32_by_default(backend, name):
     default = {
         "Conv2D": lambda: Conv2D(2, 3, 3), "Conv2D_stride": lambda: Conv2D(2, 2, 3, stride=2),
+        "Conv2D_depthwise": lambda: Conv2D(3, 6, 3, groups=3),
         "Dense": lambda: Dense(6, 4), "Dense_xavier": lambda: Dense(5, 2, bias=False),
         "BatchNorm1D": lambda: BatchNorm1D(5), "BatchNorm2D": lambda: BatchNorm2D(3),
     }[name]()

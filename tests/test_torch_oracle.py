@@ -224,3 +224,16 @@ def test_grouped_conv2d_vs_torch(backend, xs, ws, stride, padding, dilation, gro
     check(backend, dW, Wt.grad, dtype, "dW")
     if bias:
         check(backend, db, bt.grad, dtype, "db")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs", [(2, 3, 5, 4), (1, 4, 1, 3)])
+def test_global_avg_pool2d_vs_torch(backend, xs, dtype, rng):
+    x = rng.standard_normal(xs).astype(dtype)
+    xt = tt(x, dtype)
+    yt = TF.adaptive_avg_pool2d(xt, 1).flatten(1)
+    dout = rng.standard_normal(tuple(yt.shape)).astype(dtype)
+    (yt * tt(dout, dtype, grad=False)).sum().backward()
+    y, cache = Fp.global_avg_pool2d_forward(B.asarray(x))
+    check(backend, y, yt, dtype, "y")
+    check(backend, Fp.global_avg_pool2d_backward(B.asarray(dout), cache), xt.grad, dtype, "dx")

@@ -6,7 +6,7 @@ from .conv import Conv2D
 from .dense import Dense, Flatten
 from .dropout import Dropout
 from .norm import BatchNorm1D, BatchNorm2D
-from .pool import AvgPool2D, MaxPool2D
+from .pool import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 
-__all__ = ["AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten", "LAYER_TYPES",
-           "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "Sigmoid", "Tanh", "register"]
+__all__ = ["AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten", "GlobalAvgPool2D",
+           "LAYER_TYPES", "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "Sigmoid", "Tanh", "register"]
