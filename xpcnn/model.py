@@ -105,7 +105,7 @@ class Sequential(Composite):
             if hasattr(layer, "shared_rng"):
                 layer.shared_rng = self._shared_rng
 
-    def rng_state(self) -> dict[str, Any]:  # type: ignore[override]
+    def rng_state(self) -> dict[str, Any]:
         """The host generators' states, JSON-able: ``{"shared": ..., "layers": {"<dotted name>": ...}}``."""
         shared = getattr(self, "_shared_rng", None)
         layers = {name: s for name, layer in self.named_leaves() if (s := layer.rng_state()) is not None}

@@ -93,15 +93,15 @@ class Trainer:
 
     def rng_state(self) -> dict[str, Any]:
         return {"loader": self.train.state_dict(), "global": B.host_rng().bit_generator.state,
-                "layers": {name: layer.rng.bit_generator.state for name, layer in self.model.named_leaves()
-                           if getattr(layer, "rng", None) is not None}}
+                "layers": {name: rng.bit_generator.state for name, layer in self.model.named_leaves()
+                           if (rng := getattr(layer, "rng", None)) is not None}}
 
     def set_rng_state(self, state: dict[str, Any]) -> None:
         self.train.load_state_dict(state["loader"])
         B.host_rng().bit_generator.state = state["global"]
         leaves = dict(self.model.named_leaves())
         for name, s in state.get("layers", {}).items():
-            leaves[name].rng.bit_generator.state = s
+            getattr(leaves[name], "rng").bit_generator.state = s  # noqa: B009 (a Dropout's own generator)
 
     def save(self, path: str | Path) -> Path:
         return ckpt.save(path, self.model, self.optimizer, scheduler=self.scheduler, epoch=self.epoch,

@@ -38,7 +38,7 @@ class Composite(Layer):
     def _hand_down_input_grad(self, need: bool) -> None:
         """Set ``need_input_grad`` on the children that see this layer's input."""
 
-    @property  # type: ignore[override]
+    @property
     def need_input_grad(self) -> bool:
         """Whether :meth:`backward` must return ``dx``; False only for the outermost model's input."""
         return self._need_input_grad
@@ -63,16 +63,16 @@ class Composite(Layer):
                 seen[id(layer)] = path
 
     # -- read-only views with dotted names ------------------------------------------------------
-    @property  # type: ignore[override]
-    def params(self) -> Mapping[str, Any]:
+    @property
+    def params(self) -> Mapping[str, Any]:  # type: ignore[override]
         return MappingProxyType({ref.name: ref.value for ref in self.parameters()})
 
-    @property  # type: ignore[override]
-    def grads(self) -> Mapping[str, Any]:
+    @property
+    def grads(self) -> Mapping[str, Any]:  # type: ignore[override]
         return MappingProxyType({ref.name: ref.grad for ref in self.parameters() if ref.grad is not None})
 
-    @property  # type: ignore[override]
-    def buffers(self) -> Mapping[str, Any]:
+    @property
+    def buffers(self) -> Mapping[str, Any]:  # type: ignore[override]
         return MappingProxyType({f"{name}.{key}" if name else key: value
                                  for name, leaf in self.named_leaves() for key, value in leaf.buffers.items()})
 
