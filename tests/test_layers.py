@@ -39,9 +39,9 @@ SPECS = {
     "Dropout": (lambda dt, s: Dropout(0.3, rng=s), (4, 5), False),
     "BatchNorm1D": (lambda dt, s: BatchNorm1D(5, dtype=dt), (6, 5), True),
     "BatchNorm2D": (lambda dt, s: BatchNorm2D(3, momentum=0.2, dtype=dt), (4, 3, 3, 3), True),
-    "Residual": (lambda dt, s: Residual(Sequential(Conv2D(2, 2, 3, padding=1, dtype=dt, rng=s), BatchNorm2D(2, dtype=dt),
-                                                   Tanh()),
-                                        shortcut=Conv2D(2, 2, 1, bias=False, dtype=dt, rng=s + 1)), (2, 2, 4, 3), True),
+    "Residual": (lambda dt, s: Residual(
+        Sequential(Conv2D(2, 2, 3, padding=1, dtype=dt, rng=s), BatchNorm2D(2, dtype=dt), Tanh()),
+        shortcut=Conv2D(2, 2, 1, bias=False, dtype=dt, rng=s + 1)), (2, 2, 4, 3), True),
     "Sequential": (lambda dt, s: _nested(Sequential(Conv2D(2, 3, 2, dtype=dt, rng=s), Tanh(), Flatten(),
                                                     Dense(3 * 3 * 2, 2, dtype=dt, rng=s))), (2, 2, 4, 3), True),
 }

@@ -1,4 +1,7 @@
-"""Pooling layers over the ``max_pool2d`` / ``avg_pool2d`` / ``global_avg_pool2d`` ops (reference: :mod:`xpcnn.functional.pool`)."""
+"""Pooling layers over the ``max_pool2d`` / ``avg_pool2d`` / ``global_avg_pool2d`` ops.
+
+Reference: :mod:`xpcnn.functional.pool`.
+"""
 
 from __future__ import annotations
 
