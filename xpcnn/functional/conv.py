@@ -246,16 +246,21 @@ def _grouped_col(xp: Any, x: Any, kernel: Pair, stride: Pair, padding: Pair, dil
 def _depthwise_forward(xp: Any, xpad: Any, W: Any, kernel: Pair, stride: Pair, dilation: Pair, out: Pair) -> Any:
     """``y[n, c*M + m] = sum_t W[c*M + m, 0, t] * tap_t(x)[n, c]``: ``KH*KW`` broadcast multiply-adds.
 
-    xpad: (N, C, Hp, Wp), W: (C*M, 1, KH, KW) -> (N, C, M, OH, OW) (M = filters per channel).
+    xpad: (N, C, Hp, Wp), W: (C*M, 1, KH, KW) -> (N, C*M, OH*OW) (M = filters per channel).
     """
     N, C = xpad.shape[0], xpad.shape[1]
     M = W.shape[0] // C
     Wt = xp.reshape(W, (1, C, M, kernel[0] * kernel[1]))
     y = None
     for t, (hs, ws) in enumerate(tap_slices(kernel, out, stride, dilation)):
-        term = xp.reshape(xpad[:, :, hs, ws], (N, C, 1, *out)) * xp.reshape(Wt[..., t], (1, C, M, 1, 1))
-        y = term if y is None else y + term
-    return y
+        tap = xpad[:, :, hs, ws]
+        term = (tap * xp.reshape(Wt[..., t], (1, C, 1, 1)) if M == 1 else
+                xp.reshape(tap, (N, C, 1, *out)) * xp.reshape(Wt[..., t], (1, C, M, 1, 1)))
+        if y is None:
+            y = term
+        else:
+            y += term
+    return xp.reshape(y, (N, C * M, out[0] * out[1]))
 
 
 def _conv2d_forward(x: Any, W: Any, b: Any | None, stride: Pair, padding: Pair,
@@ -271,7 +276,7 @@ def _conv2d_forward(x: Any, W: Any, b: Any | None, stride: Pair, padding: Pair,
         oh, ow = conv_geometry(x.shape, kernel, stride, padding, dilation)
         if _is_depthwise(C, W, groups):
             col = pad2d(x, padding)
-            y = _depthwise_forward(xp, col, W, kernel, stride, dilation, (oh, ow))
+            y = _depthwise_forward(xp, col, W, kernel, stride, dilation, (oh, ow))  # (N, F, L)
         else:
             col = _grouped_col(xp, x, kernel, stride, padding, dilation, (oh, ow), groups)
             y = xp.matmul(_weights_as_groups(xp, W, groups), col)  # (G, F/G, K) @ (N, G, K, L) -> (N, G, F/G, L)
@@ -309,24 +314,35 @@ def conv2d(x: Any, W: Any, b: Any | None = None, stride: int | Pair = 1, padding
     return conv2d_forward(x, W, b, stride, padding, dilation, groups)[0]
 
 
-def _depthwise_backward(xp: Any, d5: Any, cache: ConvCache, need_dx: bool) -> tuple[Any | None, Any]:
-    """The tap form's gradients: d5 = dout as (N, C, M, OH, OW) -> (dx or None, dW: (C*M, 1, KH, KW))."""
+def _depthwise_backward(xp: Any, dout: Any, cache: ConvCache, need_dx: bool) -> tuple[Any | None, Any]:
+    """The tap form's gradients: dout (N, C*M, OH, OW) -> (dx or None, dW: (C*M, 1, KH, KW)).
+
+    ``dW[c*M + m, 0, t] = sum_{n,l} dout[n, c*M + m, l] * tap_t[n, c, l]``;
+    ``dx`` adds ``sum_m W[c*M + m, 0, t] * dout[n, c*M + m]`` where tap ``t`` read.
+    """
     xpad, W = cache.col, cache.W
-    N, C, M = d5.shape[0], d5.shape[1], d5.shape[2]
+    N, C = xpad.shape[0], xpad.shape[1]
+    M = W.shape[0] // C
     KH, KW = W.shape[2], W.shape[3]
-    Wt = xp.reshape(W, (1, C, M, KH * KW))
-    slices = list(tap_slices((KH, KW), cache.out, cache.stride, cache.dilation))
-    dW_taps = [xp.sum(d5 * xp.reshape(xpad[:, :, hs, ws], (N, C, 1, *cache.out)), axis=(0, 3, 4))
+    out = cache.out
+    d5 = xp.reshape(dout, (N, C, M, out[0], out[1]))
+    slices = list(tap_slices((KH, KW), out, cache.stride, cache.dilation))
+    # (N, C, M, L) x (N, C, L, 1) -> (N, C, M, 1), summed over n: one batched product per tap
+    d4 = xp.reshape(d5, (N, C, M, out[0] * out[1]))
+    dW_taps = [xp.sum(xp.matmul(d4, xp.reshape(xpad[:, :, hs, ws], (N, C, out[0] * out[1], 1))), axis=(0, 3))
                for hs, ws in slices]  # each (C, M)
     dW = xp.reshape(xp.stack(dW_taps, axis=2), (C * M, 1, KH, KW))
     if not need_dx:
         return None, dW
+    Wt = xp.reshape(W, (C, M, KH * KW))
 
     def tap_grad(t: int) -> Any:
+        if M == 1:
+            return dout * xp.reshape(Wt[:, 0, t], (1, C, 1, 1))
         return xp.sum(d5 * xp.reshape(Wt[..., t], (1, C, M, 1, 1)), axis=2)  # (N, C, OH, OW)
 
-    dx = scatter_add_taps(tap_grad, cache.x_shape, (KH, KW), cache.out, cache.stride, cache.padding,
-                          cache.dilation, d5)
+    dx = scatter_add_taps(tap_grad, cache.x_shape, (KH, KW), out, cache.stride, cache.padding, cache.dilation,
+                          dout)
     return dx, dW
 
 
@@ -340,7 +356,7 @@ def _conv2d_backward(dout: Any, cache: ConvCache, need_dx: bool = True) -> tuple
     d2 = xp.reshape(dout, (N, F, L))  # explicit: -1 is ambiguous for an empty batch
     db = xp.sum(d2, axis=(0, 2))
     if G > 1 and _is_depthwise(cache.x_shape[1], W, G):
-        dx, dW = _depthwise_backward(xp, xp.reshape(dout, (N, G, F // G, *cache.out)), cache, need_dx)
+        dx, dW = _depthwise_backward(xp, dout, cache, need_dx)
         return dx, dW, db
     if G == 1:
         dWm = xp.sum(xp.matmul(d2, xp.matrix_transpose(cache.col)), axis=0)  # (F, KH*KW*C)
