@@ -149,17 +149,21 @@ def gradcheck(target: Any, inputs: Any | Sequence[Any], *, dout: Any = None, tra
             if is_layer and name != "x":
                 current, like = name, target.params[name]
 
-                def commit(h: np.ndarray, key: str = current, ref: Any = like) -> None:
+                def commit_param(h: np.ndarray, key: str = current, ref: Any = like) -> None:
                     if key in refs:
                         refs[key].assign(B.to_device_like(h, ref))
                     else:
                         target.params[key] = B.to_device_like(h, ref)
+
+                commit: Callable[[np.ndarray], None] = commit_param
             else:
                 index = 0 if is_layer else int(name.split()[1])
                 like = arrays[index]
 
-                def commit(h: np.ndarray, i: int = index, ref: Any = like) -> None:
+                def commit_input(h: np.ndarray, i: int = index, ref: Any = like) -> None:
                     arrays[i] = B.to_device_like(h, ref)
+
+                commit = commit_input
 
             host = B.to_numpy(like).astype(np.float64).copy()
             numeric = numerical_grad(loss, host, commit, eps)

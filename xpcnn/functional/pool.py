@@ -65,10 +65,10 @@ def pool_geometry(x_shape: tuple[int, ...], kernel_size: int | Pair, stride: int
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"pooling padding must be at most half the kernel: kernel {k}, got padding {p}")
     sizes = (x_shape[-2], x_shape[-1])
-    out = tuple(output_size(sizes[a], k[a], s[a], p[a], 1, axis, ceil_mode)
-                for a, axis in enumerate(("height", "width")))
-    extra = tuple(max(0, (out[a] - 1) * s[a] + k[a] - (sizes[a] + 2 * p[a])) for a in range(2))
-    return PoolGeometry(k, s, p, out, extra)
+    oh, ow = (output_size(sizes[a], k[a], s[a], p[a], 1, axis, ceil_mode) for a, axis in enumerate(("height", "width")))
+    out = (oh, ow)
+    eh, ew = (max(0, (out[a] - 1) * s[a] + k[a] - (sizes[a] + 2 * p[a])) for a in range(2))
+    return PoolGeometry(k, s, p, out, (eh, ew))
 
 
 @dataclass(frozen=True)
