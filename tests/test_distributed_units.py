@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from distributed_helpers import max_rel_err, run_ranks
 
 from xpcnn import distributed
 from xpcnn.datasets.augment import parse_augment
@@ -19,8 +20,6 @@ from xpcnn.distributed.syncbn import SyncBatchNorm
 from xpcnn.functional.norm import batch_norm_backward, batch_norm_forward
 from xpcnn.layers import BatchNorm1D, BatchNorm2D
 from xpcnn.parameter import ParamRef
-
-from distributed_helpers import max_rel_err, run_ranks
 
 # -- launcher -------------------------------------------------------------------------------------
 
