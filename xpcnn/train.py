@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +28,7 @@ import numpy as np
 
 from . import backend as B
 from . import checkpoint as ckpt
+from . import distributed
 from .datasets.loader import BatchIterator
 from .datasets.preprocess import train_val_split
 from .losses import SoftmaxCrossEntropy
@@ -118,14 +120,21 @@ def evaluate(model: Sequential, data: tuple[Any, Any], loss: Any = None, batch_s
     """Mean loss and accuracy of ``model`` (eval mode) on ``(x, y)``: ``{"loss": ..., "accuracy": ...}``."""
     loss = loss or SoftmaxCrossEntropy()
     x, y = _as_xy(data)
-    batches = BatchIterator(x, y, batch_size, shuffle=False, on_device=on_device, x_dtype=_model_dtype(model))
+    n = x.shape[0]
+    dp = distributed.current()
+    if dp is not None:  # data-parallel: each rank evaluates a contiguous part, the sums are reduced
+        start, stop = dp.eval_rows(n)
+        x, y = x[start:stop], y[start:stop]
+    batches = [] if x.shape[0] == 0 else \
+        BatchIterator(x, y, batch_size, shuffle=False, on_device=on_device, x_dtype=_model_dtype(model))
     total_loss, correct = 0.0, 0
     for xb, yb in batches:
         out = model.forward(xb, train=False)
         xp = array_api_compat.array_namespace(out)
         total_loss += float(loss.forward(out, yb)) * xb.shape[0]
         correct += int(xp.sum(xp.astype(xp.argmax(out, axis=1) == yb, xp.int64)))
-    n = x.shape[0]
+    if dp is not None:
+        total_loss, correct = dp.sum([total_loss, correct])
     return {"loss": total_loss / n, "accuracy": correct / n}
 
 
@@ -143,6 +152,8 @@ class Trainer:
         self.scheduler, self.extra = scheduler, extra or {}
         self.history = History()
         self.epoch = 0
+        #: the data-parallel hooks (:class:`xpcnn.distributed.DataParallel`), None in a single process
+        self.dp: Any = None
 
     def rng_state(self) -> dict[str, Any]:
         return {"loader": self.train.state_dict(), "global": B.host_rng().bit_generator.state,
@@ -156,6 +167,9 @@ class Trainer:
             self.model[int(i)].rng.bit_generator.state = s
 
     def save(self, path: str | Path) -> Path:
+        """Write a resumable checkpoint (data-parallel: rank 0 only; it holds every rank's state)."""
+        if self.dp is not None and not self.dp.is_root:
+            return Path(path)
         return ckpt.save(path, self.model, self.optimizer, scheduler=self.scheduler, epoch=self.epoch,
                          rng_state=self.rng_state(), history=self.history.epochs, extra=self.extra)
 
@@ -178,7 +192,12 @@ class Trainer:
                 raise TrainingDivergedError(
                     f"loss became {loss} at epoch {self.epoch + 1}, step {step} of {len(self.train)} "
                     f"(lr {opt.lr:g}); lower the learning rate or check the inputs for NaN/inf")
-            model.backward(loss_fn.backward())
+            dout = loss_fn.backward()
+            if self.dp is not None:  # this rank's share of the global batch's mean; gradients summed over ranks
+                dout = self.dp.scale_loss_grad(dout)
+            model.backward(dout)
+            if self.dp is not None:
+                self.dp.reduce_gradients(opt.params)
             opt.step()
             xp = array_api_compat.array_namespace(out)
             n = xb.shape[0]
@@ -191,6 +210,8 @@ class Trainer:
                     bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
         if bar is not None:
             bar.close()
+        if self.dp is not None:
+            total_loss, correct, seen = self.dp.sum([total_loss, correct, seen])
         return {"loss": total_loss / seen, "accuracy": correct / seen}
 
 
@@ -223,6 +244,11 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
     """
     loss = loss or SoftmaxCrossEntropy()
     x, y = _as_xy(train)
+    dp = distributed.current()  # None unless launched with several ranks (or distributed.init() was called)
+    if dp is not None:
+        seed = dp.common_seed(seed)
+        progress, log = progress and dp.is_root, log if dp.is_root else None
+
     def stream(purpose: str) -> np.random.Generator | None:
         return None if seed is None else B.seed_stream(seed, purpose)
 
@@ -233,13 +259,36 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
             raise ValueError("pass either val or val_split, not both")
         x, y, xv, yv = train_val_split(x, y, val_split, rng=stream("val_split"))
         val = (xv, yv)
-    loader = BatchIterator(x, y, batch_size, shuffle=True, rng=stream("shuffle"), on_device=on_device,
-                           x_dtype=_model_dtype(model), transform=transform, drop_last=drop_last)
+    make_loader = BatchIterator if dp is None else dp.make_loader
+    loader = make_loader(x, y, batch_size, shuffle=True, rng=stream("shuffle"), on_device=on_device,
+                         x_dtype=_model_dtype(model), transform=transform, drop_last=drop_last)
     trainer = Trainer(model, optimizer, loss, loader, scheduler, extra)
+    trainer.dp = dp
     if resume is not None:
         trainer.resume(resume)
         if log:
             log(f"resumed from {resume} at epoch {trainer.epoch}")
+    if dp is not None:
+        dp.start(model, {"model": model.config(), "optimizer": optimizer.state_dict(), "data": (x, y), "val": val,
+                         "fit": [epochs, batch_size, seed, drop_last, on_device, distributed.describe(transform),
+                                 distributed.describe(scheduler)],
+                         "rng": trainer.rng_state(), "epoch": trainer.epoch, "extra": extra})
+    with nullcontext() if dp is None else dp.attach(model):
+        try:
+            _train_epochs(trainer, epochs, val, on_device, progress, log, callbacks)
+        except distributed.CollectiveError:
+            raise
+        except BaseException as exc:
+            if dp is not None:
+                dp.fail(exc)  # a lone failing rank ends them all (MPI_Abort) instead of leaving them waiting
+            raise
+    return trainer.history
+
+
+def _train_epochs(trainer: Trainer, epochs: int, val: Any, on_device: bool, progress: bool,
+                  log: Callable[[str], None] | None, callbacks: Sequence[Callback]) -> None:
+    model, optimizer, scheduler, loss, dp = trainer.model, trainer.optimizer, trainer.scheduler, trainer.loss, \
+        trainer.dp
     while trainer.epoch < epochs:
         start = time.perf_counter()
         logs: dict[str, float] = {"epoch": trainer.epoch + 1, "lr": optimizer.lr}
@@ -257,9 +306,10 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
         stop = False
         for cb in callbacks:
             stop = bool(cb.on_epoch_end(trainer, logs)) or stop
+        if dp is not None:
+            dp.check_replicas(model)
         if stop:
             break
-    return trainer.history
 
 
 def _format_logs(logs: dict[str, float], epochs: int) -> str:

@@ -21,13 +21,13 @@ import sys
 from typing import Any
 
 from .comm import Communicator, MPICommunicator, import_mpi
-from .context import CollectiveError, DataParallel, fingerprint
+from .context import CollectiveError, DataParallel, describe, fingerprint
 from .launcher import Launch, detect
 from .sharding import ShardedBatchIterator, ShardedGenerator, shard_bounds
 
 __all__ = ["CollectiveError", "Communicator", "DataParallel", "Launch", "MPICommunicator", "ShardedBatchIterator",
-           "ShardedGenerator", "current", "detect", "fingerprint", "import_mpi", "init", "is_root", "shard_bounds",
-           "shutdown"]
+           "ShardedGenerator", "current", "describe", "detect", "fingerprint", "import_mpi", "init", "is_root",
+           "shard_bounds", "shutdown"]
 
 _context: DataParallel | None = None
 _started = False

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import time
 import traceback
@@ -31,7 +32,7 @@ from .comm import Communicator
 from .sharding import Shard, ShardedBatchIterator, ShardedGenerator, shard_bounds
 from .syncbn import SyncBatchNorm
 
-__all__ = ["CollectiveError", "DataParallel", "fingerprint"]
+__all__ = ["CollectiveError", "DataParallel", "describe", "fingerprint"]
 
 
 class CollectiveError(ValueError):
@@ -43,6 +44,16 @@ def fingerprint(value: Any) -> str:
     h = hashlib.blake2b(digest_size=12)
     _feed(h, value)
     return h.hexdigest()
+
+
+def describe(obj: Any) -> Any:
+    """A rank-independent description of a configuration object (its ``state_dict()`` when it has one,
+    else its repr without memory addresses), for :meth:`DataParallel.check_same`."""
+    if obj is None:
+        return None
+    if hasattr(obj, "state_dict"):
+        return [type(obj).__name__, obj.state_dict()]
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
 
 
 def _feed(h: Any, value: Any) -> None:
@@ -149,9 +160,24 @@ class DataParallel:
             for key, value in getattr(layer, "buffers", {}).items():
                 layer.buffers[key] = self.comm_for(value).broadcast(value, 0)
 
+    def common_seed(self, seed: int | None) -> int:
+        """``seed``, or (None) a random seed drawn on rank 0 and sent to all: every rank must draw alike."""
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2**62)) if self.is_root else 0
+        return int(self.comm.bcast_object(seed, 0))
+
+    def start(self, model: Any, items: dict[str, Any]) -> None:
+        """Before the first step: check every rank runs ``items`` (configuration, data, RNG states, optimizer
+        state) alike (:meth:`check_same`), then broadcast the weights from rank 0."""
+        self.check_same(items)
+        self.broadcast_state(model)
+
     def check_replicas(self, model: Any) -> None:
         """Raise :class:`CollectiveError` when the ranks' weights are not bit-for-bit identical."""
-        self.check_same({"weights": {k: v for k, v in model.state_dict().items()}})
+        try:
+            self.check_same({"weights": dict(model.state_dict())})
+        except CollectiveError as exc:
+            raise CollectiveError(f"the ranks' weights diverged ({exc})") from None
 
     # -- the step --------------------------------------------------------------------------------
     @contextmanager
