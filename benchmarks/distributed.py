@@ -159,9 +159,8 @@ def flops_per_step(model_name: str, batch: int) -> float:
 
 def bn_layers(model_name: str) -> int:
     from xpcnn import models
-    from xpcnn.layers.norm import _BatchNorm
-
     from xpcnn.distributed.context import _walk
+    from xpcnn.layers.norm import _BatchNorm
     return sum(isinstance(layer, _BatchNorm) for layer in _walk(models.build(model_name, rng=0)))
 
 
@@ -196,7 +195,7 @@ def projection(model_name: str, batch: int, grad_bytes: int) -> dict[str, Any]:
 
 def _stops(rows: list[dict[str, Any]]) -> str:
     """The first GPU count whose efficiency is under 50 %, or that is no faster than the previous one."""
-    for prev, row in zip(rows, rows[1:]):
+    for prev, row in zip(rows, rows[1:], strict=False):
         faster = row.get("speedup", row["efficiency"] * row["gpus"]) > prev.get("speedup",
                                                                              prev["efficiency"] * prev["gpus"]) * 1.05
         if row["efficiency"] < 0.5 or not faster:
