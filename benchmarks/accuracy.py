@@ -27,7 +27,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 FASHION = BENCH_DIR.parent.parent / "shared" / "data" / "fashion-mnist"
 
-#: configuration name -> (model, dataset); each is trained with its recipe in xpcnn.cli.DEFAULTS
+#: configuration name -> (model, dataset); each is trained with its recipe in xpcnn.recipes.RECIPES
 CONFIGS = {"lenet5": ("lenet5", "mnist"), "simple": ("simple", "mnist"), "bn": ("bn", "fashion-mnist")}
 #: the issue's targets for the test accuracy
 TARGETS = {("lenet5", "mnist"): 0.992, ("simple", "mnist"): 0.989, ("bn", "fashion-mnist"): 0.920}

@@ -23,34 +23,40 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import _common as C  # first: it sets the thread-pool environment before NumPy/torch load
 import numpy as np
-from _common import torch
-
-import xpcnn.functional as XF
+import torch
 import torch.nn.functional as TF
+from benchlib import machine, process, tables
+from benchlib.data import randn
+from benchlib.nets import ConvLayer, conv_layers
+from benchlib.options import make_parser
+from benchlib.results import write_json
+from benchlib.session import Env, setup
+from benchlib.timing import ratio
+
+from xpcnn import functional as F
 
 TARGET_LAYER, TARGET_RATIO = "wide.conv2", 1.3
 CANDIDATES = ("conv", "im2col", "matmul", "bmm", "torch")
 
 
-def run_layer(env: C.Env, L: C.ConvLayer, rng: np.random.Generator) -> dict[str, Any]:
+def run_layer(env: Env, L: ConvLayer, rng: np.random.Generator) -> dict[str, Any]:
     N, xp = env.args.batch_size, env.xp
     K, L_out = L.C * L.K * L.K, L.out * L.out
-    x, W = C.randn(rng, (N, L.C, L.H, L.H)), C.randn(rng, (L.F, L.C, L.K, L.K), math.sqrt(2.0 / K))
-    b = C.randn(rng, (L.F,), 0.1)
+    x, W = randn(rng, (N, L.C, L.H, L.H)), randn(rng, (L.F, L.C, L.K, L.K), math.sqrt(2.0 / K))
+    b = randn(rng, (L.F,), 0.1)
     xx, xW, xb = env.x(x), env.x(W), env.x(b)
-    A, Bm = env.x(C.randn(rng, (L.F, K))), env.x(C.randn(rng, (K, N * L_out)))
-    col3 = env.x(C.randn(rng, (N, K, L_out)))
+    A, Bm = env.x(randn(rng, (L.F, K))), env.x(randn(rng, (K, N * L_out)))
+    col3 = env.x(randn(rng, (N, K, L_out)))
     tx, tW, tb = env.t(x), env.t(W), env.t(b)
 
     def torch_conv():
         with torch.no_grad():
-            return TF.conv2d(tx, tW, tb, padding=L.pad)
+            return TF.conv2d(tx, tW, tb, stride=L.stride, padding=L.pad)
 
     stats = env.compare([
-        env.xcand("conv", lambda: XF.conv2d(xx, xW, xb, 1, L.pad)),
-        env.xcand("im2col", lambda: XF.im2col(xx, L.K, 1, L.pad)),
+        env.xcand("conv", lambda: F.conv2d(xx, xW, xb, L.stride, L.pad)),
+        env.xcand("im2col", lambda: F.im2col(xx, L.K, L.stride, L.pad)),
         env.xcand("matmul", lambda: xp.matmul(A, Bm)),
         env.xcand("bmm", lambda: xp.matmul(A, col3)),
         env.tcand("torch", torch_conv),
@@ -60,8 +66,8 @@ def run_layer(env: C.Env, L: C.ConvLayer, rng: np.random.Generator) -> dict[str,
                            "flops": flops}
     for name in CANDIDATES:
         rec[name] = {**stats[name].as_dict(), "gflops": flops / stats[name].median / 1e9}
-    rec["conv_over_matmul"] = C.ratio(stats["conv"], stats["matmul"])
-    rec["conv_over_torch"] = C.ratio(stats["conv"], stats["torch"])
+    rec["conv_over_matmul"] = ratio(stats["conv"], stats["matmul"])
+    rec["conv_over_torch"] = ratio(stats["conv"], stats["torch"])
     rec["im2col_share_of_conv"] = stats["im2col"].median / stats["conv"].median
     if L.label == TARGET_LAYER:
         r = rec["conv_over_matmul"]["median_ratio"]
@@ -74,11 +80,11 @@ def table_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
     for r in records:
         row = {"layer": r["layer"], "mkn": "x".join(map(str, r["gemm_MKN"])), "mflop": f"{r['flops'] / 1e6:.0f}"}
         for name in CANDIDATES:
-            row[name] = C.fmt_ms(r[name]["median"])
+            row[name] = tables.fmt_ms(r[name]["median"])
             row[name + "_gf"] = f"{r[name]['gflops']:.1f}"
         row["im2col"] = f"{row['im2col']} ({100 * r['im2col_share_of_conv']:.0f}%)"
-        row["ratio"] = C.fmt_ratio(r["conv_over_matmul"]["median_ratio"])
-        row["tratio"] = C.fmt_ratio(r["conv_over_torch"]["median_ratio"])
+        row["ratio"] = tables.fmt_ratio(r["conv_over_matmul"]["median_ratio"])
+        row["tratio"] = tables.fmt_ratio(r["conv_over_torch"]["median_ratio"])
         if "target" in r:
             row["ratio"] += f" ({'meets' if r['target']['met'] else 'misses'} <= {TARGET_RATIO}x)"
         rows.append(row)
@@ -92,20 +98,21 @@ COLUMNS = [("layer", "layer"), ("mkn", "GEMM MxKxN"), ("mflop", "MFLOP"), ("conv
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = C.make_parser(__doc__, repeats=30, warmup=3)
-    env = C.setup(parser.parse_args(argv))
-    print(C.describe(env), flush=True)
+    parser = make_parser(__doc__, repeats=30, warmup=3)
+    env = setup(parser.parse_args(argv))
+    print(machine.describe(env), flush=True)
     rng = np.random.default_rng(env.args.seed)
     records = []
-    for L in C.CONV_LAYERS:
+    for L in conv_layers():
         records.append(run_layer(env, L, rng))
         print(f"  done: {L.label}", flush=True)
     print()
-    C.print_table(table_rows(records), COLUMNS, title="conv2d forward vs a GEMM of the same size "
+    tables.print_table(table_rows(records), COLUMNS, title="conv2d forward vs a GEMM of the same size "
                                                       "(median ms; GFLOP/s from the median; float32)")
-    C.write_json(env, "gemm", records)
+    write_json(env, "gemm", records)
     return 0
 
 
 if __name__ == "__main__":
+    process.relaunch_with_thread_env()
     raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Per-op benchmark: xpcnn.functional vs torch.nn.functional (autograd), forward and forward+backward.
+"""Per-op benchmark: xpcnn's ops (through the kernel seam) vs torch.nn.functional (autograd), fwd and fwd+bwd.
 
     python benchmarks/layers.py                 # NumPy backend vs torch CPU, 2 threads each
     python benchmarks/layers.py --quick         # a smoke run
@@ -9,6 +9,10 @@ Ops (batch N = --batch-size): conv2d of LeNet-5 (conv1 1->6 5x5 pad 2 on 28x28, 
 6->16 5x5 on 14x14) and of the wide net (conv1 1->32 3x3 pad 1 on 28x28, conv2
 32->64 3x3 pad 1 on 14x14); max and average pooling 2x2 on (N, 32, 28, 28); dense
 3136->128; batch norm 2D (train mode) on (N, 32, 28, 28).
+
+xpcnn's side calls the ops as the layers do, through ``xpcnn.kernels`` (``op.forward`` ->
+``(y, cache)``, ``op.backward(dout, cache)``): the reference in ``xpcnn.functional``, or
+a fast kernel set where one is registered and eligible (``XPCNN_KERNELS`` chooses).
 
 "fwd" is the training-mode forward (xpcnn keeps its backward cache, torch records
 the autograd graph).  "fwd+bwd" adds the backward pass for an upstream gradient
@@ -27,12 +31,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import _common as C  # first: it sets the thread-pool environment before NumPy/torch load
 import numpy as np
-from _common import B, torch
-
-import xpcnn.functional as XF
+import torch
 import torch.nn.functional as TF
+from benchlib import machine, process, tables
+from benchlib.data import randn
+from benchlib.nets import ConvLayer, conv_layers
+from benchlib.options import make_parser
+from benchlib.results import write_json
+from benchlib.session import Env, setup
+from benchlib.timing import ratio
+
+from xpcnn import backend as B
+from xpcnn import kernels
+from xpcnn.functional import pool_geometry
 
 
 @dataclass
@@ -50,7 +62,7 @@ class OpCase:
     name: str
     family: str  # conv, pool, dense, norm (for --ops)
     shape: str
-    build: Callable[[C.Env, np.random.Generator], OpFns]
+    build: Callable[[Env, np.random.Generator], OpFns]
 
 
 def _tgrad(y: torch.Tensor, inputs: list[torch.Tensor], dout: torch.Tensor) -> tuple:
@@ -60,94 +72,91 @@ def _tgrad(y: torch.Tensor, inputs: list[torch.Tensor], dout: torch.Tensor) -> t
 # ---------------------------------------------------------------------------- op builders
 
 
-def conv_case(L: C.ConvLayer) -> OpCase:
-    def build(env: C.Env, rng: np.random.Generator) -> OpFns:
+def conv_case(L: ConvLayer) -> OpCase:
+    def build(env: Env, rng: np.random.Generator) -> OpFns:
         N, pad, first = env.args.batch_size, L.pad, L.first
-        x, W = C.randn(rng, (N, L.C, L.H, L.H)), C.randn(rng, (L.F, L.C, L.K, L.K), math.sqrt(2.0 / (L.C * L.K**2)))
-        b, dout = C.randn(rng, (L.F,), 0.1), C.randn(rng, (N, L.F, L.out, L.out))
+        x, W = randn(rng, (N, L.C, L.H, L.H)), randn(rng, (L.F, L.C, L.K, L.K), math.sqrt(2.0 / (L.C * L.K**2)))
+        b, dout = randn(rng, (L.F,), 0.1), randn(rng, (N, L.F, L.out, L.out))
         xx, xW, xb, xd = env.x(x), env.x(W), env.x(b), env.x(dout)
         tx, tW, tb, td = env.t(x, grad=not first), env.t(W, True), env.t(b, True), env.t(dout)
         t_inputs = [tW, tb] if first else [tx, tW, tb]
-        x_shape = tuple(xx.shape)
+        stride, padding, dilation = (L.stride, L.stride), (pad, pad), (1, 1)
+
+        def x_fwd():
+            return kernels.conv2d.forward(xx, xW, xb, stride, padding, dilation)
 
         def x_fwdbwd():
-            y, col = XF.conv2d_forward(xx, xW, xb, 1, pad)
-            dx, dW, db = XF.conv2d_backward(xd, col, x_shape, xW, 1, pad, need_dx=not first)
+            y, cache = x_fwd()
+            dx, dW, db = kernels.conv2d.backward(xd, cache, not first)
             return (y, dW, db) if first else (y, dx, dW, db)
 
-        return OpFns(
-            x_fwd=lambda: XF.conv2d_forward(xx, xW, xb, 1, pad),
-            x_fwdbwd=x_fwdbwd,
-            t_fwd=lambda: TF.conv2d(tx, tW, tb, padding=pad),
-            t_fwdbwd=lambda: _tgrad(TF.conv2d(tx, tW, tb, padding=pad), t_inputs, td),
-        )
+        def t_fwd():
+            return TF.conv2d(tx, tW, tb, stride=L.stride, padding=pad)
+
+        return OpFns(x_fwd=x_fwd, x_fwdbwd=x_fwdbwd, t_fwd=t_fwd,
+                     t_fwdbwd=lambda: _tgrad(t_fwd(), t_inputs, td))
 
     return OpCase(f"conv2d {L.label}", "conv", L.describe(), build)
 
 
 def pool_case(kind: str, Cc: int = 32, H: int = 28) -> OpCase:
-    def build(env: C.Env, rng: np.random.Generator) -> OpFns:
+    def build(env: Env, rng: np.random.Generator) -> OpFns:
         N = env.args.batch_size
-        x, dout = C.randn(rng, (N, Cc, H, H)), C.randn(rng, (N, Cc, H // 2, H // 2))
+        x, dout = randn(rng, (N, Cc, H, H)), randn(rng, (N, Cc, H // 2, H // 2))
         xx, xd = env.x(x), env.x(dout)
         tx, td = env.t(x, grad=True), env.t(dout)
-        x_shape = tuple(xx.shape)
-        if kind == "max":
-            def x_fwdbwd():
-                y, argmax = XF.max_pool2d_forward(xx, 2)
-                return y, XF.max_pool2d_backward(xd, argmax, x_shape, 2)
-
-            return OpFns(lambda: XF.max_pool2d_forward(xx, 2), x_fwdbwd,
-                         lambda: TF.max_pool2d(tx, 2), lambda: _tgrad(TF.max_pool2d(tx, 2), [tx], td))
+        geometry = pool_geometry(tuple(xx.shape), 2)
+        op = kernels.max_pool2d if kind == "max" else kernels.avg_pool2d
+        t_op = TF.max_pool2d if kind == "max" else TF.avg_pool2d
 
         def x_fwdbwd():
-            y = XF.avg_pool2d(xx, 2)
-            return y, XF.avg_pool2d_backward(xd, x_shape, 2)
+            y, cache = op.forward(xx, geometry)
+            return y, op.backward(xd, cache)
 
-        return OpFns(lambda: XF.avg_pool2d(xx, 2), x_fwdbwd,
-                     lambda: TF.avg_pool2d(tx, 2), lambda: _tgrad(TF.avg_pool2d(tx, 2), [tx], td))
+        return OpFns(lambda: op.forward(xx, geometry), x_fwdbwd,
+                     lambda: t_op(tx, 2), lambda: _tgrad(t_op(tx, 2), [tx], td))
 
     return OpCase(f"{kind}_pool2d 2x2", "pool", f"x(N,{Cc},{H},{H})", build)
 
 
 def dense_case(n_in: int = 3136, n_out: int = 128) -> OpCase:
-    def build(env: C.Env, rng: np.random.Generator) -> OpFns:
+    def build(env: Env, rng: np.random.Generator) -> OpFns:
         N = env.args.batch_size
-        x, W = C.randn(rng, (N, n_in)), C.randn(rng, (n_in, n_out), math.sqrt(2.0 / n_in))
-        b, dout = C.randn(rng, (n_out,), 0.1), C.randn(rng, (N, n_out))
+        x, W = randn(rng, (N, n_in)), randn(rng, (n_in, n_out), math.sqrt(2.0 / n_in))
+        b, dout = randn(rng, (n_out,), 0.1), randn(rng, (N, n_out))
         xx, xW, xb, xd = env.x(x), env.x(W), env.x(b), env.x(dout)
         # torch.nn.Linear stores weight as (out, in): the same numbers, transposed
         tx, tWt, tb, td = env.t(x, True), env.t(np.ascontiguousarray(W.T), True), env.t(b, True), env.t(dout)
 
         def x_fwdbwd():
-            y = XF.dense(xx, xW, xb)
-            return (y, *XF.dense_backward(xd, xx, xW))
+            y, cache = kernels.dense.forward(xx, xW, xb)
+            return (y, *kernels.dense.backward(xd, cache, True))
 
         def t_fwdbwd():
             y, dx, dWt, db = _tgrad(TF.linear(tx, tWt, tb), [tx, tWt, tb], td)
             return y, dx, dWt.T, db  # a view, for the comparison
 
-        return OpFns(lambda: XF.dense(xx, xW, xb), x_fwdbwd, lambda: TF.linear(tx, tWt, tb), t_fwdbwd)
+        return OpFns(lambda: kernels.dense.forward(xx, xW, xb), x_fwdbwd, lambda: TF.linear(tx, tWt, tb), t_fwdbwd)
 
     return OpCase(f"dense {n_in}->{n_out}", "dense", f"x(N,{n_in}) W({n_in},{n_out})", build)
 
 
 def batchnorm_case(Cc: int = 32, H: int = 28) -> OpCase:
-    def build(env: C.Env, rng: np.random.Generator) -> OpFns:
+    def build(env: Env, rng: np.random.Generator) -> OpFns:
         N = env.args.batch_size
-        x, dout = C.randn(rng, (N, Cc, H, H)), C.randn(rng, (N, Cc, H, H))
-        gamma, beta = 1.0 + C.randn(rng, (Cc,), 0.1), C.randn(rng, (Cc,), 0.1)
+        x, dout = randn(rng, (N, Cc, H, H)), randn(rng, (N, Cc, H, H))
+        gamma, beta = 1.0 + randn(rng, (Cc,), 0.1), randn(rng, (Cc,), 0.1)
         rm, rv = np.zeros(Cc, np.float32), np.ones(Cc, np.float32)
         xx, xg, xbeta, xrm, xrv, xd = (env.x(a) for a in (x, gamma, beta, rm, rv, dout))
         tx, tg, tbeta, td = env.t(x, True), env.t(gamma, True), env.t(beta, True), env.t(dout)
         trm, trv = env.t(rm), env.t(rv)
 
         def x_fwd():
-            return XF.batch_norm_forward(xx, xg, xbeta, xrm, xrv, train=True)
+            return kernels.batch_norm.forward(xx, xg, xbeta, xrm, xrv, True, 0.1, 1e-5)
 
         def x_fwdbwd():
-            y, cache, _, _ = x_fwd()
-            return (y, *XF.batch_norm_backward(xd, cache))
+            y, cache = x_fwd()
+            return (y, *kernels.batch_norm.backward(xd, cache))
 
         def t_fwd():
             return TF.batch_norm(tx, trm, trv, tg, tbeta, training=True, momentum=0.1, eps=1e-5)
@@ -158,7 +167,7 @@ def batchnorm_case(Cc: int = 32, H: int = 28) -> OpCase:
 
 
 CASES = [
-    *(conv_case(L) for L in C.CONV_LAYERS),
+    *(conv_case(L) for L in conv_layers()),  # the convolutions of xpcnn.models.lenet5 and wide_cnn
     pool_case("max"),
     pool_case("avg"),
     dense_case(),
@@ -180,7 +189,7 @@ def max_rel_err(xs: tuple, ts: tuple) -> float:
     return worst
 
 
-def run_case(env: C.Env, case: OpCase, rng: np.random.Generator) -> list[dict[str, Any]]:
+def run_case(env: Env, case: OpCase, rng: np.random.Generator) -> list[dict[str, Any]]:
     fns = case.build(env, rng)
     err = max_rel_err(fns.x_fwdbwd(), fns.t_fwdbwd())
     peaks = {"xpcnn": env.x_peak(fns.x_fwdbwd), "torch": env.t_peak(fns.t_fwdbwd)}
@@ -189,7 +198,7 @@ def run_case(env: C.Env, case: OpCase, rng: np.random.Generator) -> list[dict[st
         stats = env.compare([env.xcand("xpcnn", xf), env.tcand("torch", tf)])
         rec = {"op": case.name, "shape": case.shape, "pass": pass_name,
                "xpcnn": stats["xpcnn"].as_dict(), "torch": stats["torch"].as_dict(),
-               **C.ratio(stats["xpcnn"], stats["torch"])}
+               **ratio(stats["xpcnn"], stats["torch"])}
         if pass_name == "fwd+bwd":
             rec.update(peak_bytes=peaks, max_rel_err=err)
         records.append(rec)
@@ -199,28 +208,28 @@ def run_case(env: C.Env, case: OpCase, rng: np.random.Generator) -> list[dict[st
 def table_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
     rows = []
     for r in records:
-        row = {"op": r["op"] if r["pass"] == "fwd" else "", "pass": r["pass"], **C.timing_cells(r)}
+        row = {"op": r["op"] if r["pass"] == "fwd" else "", "pass": r["pass"], **tables.timing_cells(r)}
         if "peak_bytes" in r:
-            row.update(xmem=C.fmt_mib(r["peak_bytes"]["xpcnn"]), tmem=C.fmt_mib(r["peak_bytes"]["torch"]),
+            row.update(xmem=tables.fmt_mib(r["peak_bytes"]["xpcnn"]), tmem=tables.fmt_mib(r["peak_bytes"]["torch"]),
                        err=f"{r['max_rel_err']:.1e}")
         rows.append(row)
     return rows
 
 
-COLUMNS = [("op", "op"), ("pass", "pass"), *C.TIMING_COLUMNS, ("xmem", "xpcnn MiB"), ("tmem", "torch MiB"),
+COLUMNS = [("op", "op"), ("pass", "pass"), *tables.TIMING_COLUMNS, ("xmem", "xpcnn MiB"), ("tmem", "torch MiB"),
            ("err", "err")]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = C.make_parser(__doc__, repeats=20, warmup=3)
+    parser = make_parser(__doc__, repeats=20, warmup=3)
     parser.add_argument("--ops", default="conv,pool,dense,norm",
                         help="comma-separated families to run: conv, pool, dense, norm")
-    env = C.setup(parser.parse_args(argv))
+    env = setup(parser.parse_args(argv))
     families = {f.strip() for f in env.args.ops.split(",") if f.strip()}
     unknown = families - {c.family for c in CASES}
     if unknown:
         raise SystemExit(f"unknown --ops {sorted(unknown)}; expected some of conv, pool, dense, norm")
-    print(C.describe(env), flush=True)
+    print(machine.describe(env), flush=True)
     rng = np.random.default_rng(env.args.seed)
     records = []
     for case in CASES:
@@ -228,12 +237,13 @@ def main(argv: list[str] | None = None) -> int:
             records += run_case(env, case, rng)
             print(f"  done: {case.name}", flush=True)
     print()
-    C.print_table(table_rows(records), COLUMNS,
+    tables.print_table(table_rows(records), COLUMNS,
                   title=f"median / min / IQR in ms per call; peak MiB over one fwd+bwd "
                         f"(xpcnn: {env.memory_methods()['xpcnn']}; torch: {env.memory_methods()['torch']})")
-    C.write_json(env, "layers", records)
+    write_json(env, "layers", records)
     return 0
 
 
 if __name__ == "__main__":
+    process.relaunch_with_thread_env()
     raise SystemExit(main())

@@ -9,14 +9,13 @@ candidate cache, cache wrapping).  Medians of interleaved repeats, in the same p
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from benchlib import machine
+from benchlib.results import RESULTS_DIR, write_results
 
 from xpcnn import kernels
 from xpcnn.functional.activation import _relu
@@ -33,8 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--number", type=int, default=20000)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "seam_overhead.json"))
+    parser.add_argument("--quick", action="store_true", help="3 repeats of 2000 calls: a smoke run")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "seam_overhead.json")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.number = 3, 2000
 
     x = np.ones(4, dtype=np.float32)
 
@@ -54,15 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'mode':<10} {'through seam':>13} {'direct':>9} {'added':>9}")
     for r in rows:
         print(f"{r['mode']:<10} {r['seam_us']:>10.3f} us {r['direct_us']:>6.3f} us {r['added_us']:>6.3f} us")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"benchmark": "seam_overhead", "python": sys.version.split()[0], "numpy": np.__version__,
-              "machine": platform.machine(), "processor": platform.processor(), "repeats": args.repeats,
-              "number": args.number, "rows": rows}
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}")
+    write_results(args.out, "seam_overhead", args, machine.host_info(), rows,
+                  {"repeats": args.repeats, "number": args.number})
     return 0
 
 

@@ -27,49 +27,26 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import _common as C  # first: it sets the thread-pool environment before NumPy/torch load
 import numpy as np
-from _common import B, torch
+import torch
+from benchlib import machine, process, tables
+from benchlib.data import load_mnist_train
+from benchlib.options import make_parser
+from benchlib.results import write_json
+from benchlib.session import Env, setup
+from benchlib.timing import Stats, gc_disabled, ratio
+from benchlib.twins import torch_twin
 
-from xpcnn import layers as XL
+from xpcnn import backend as B
 from xpcnn import models, optim
-from xpcnn.datasets import BatchIterator, load_mnist, standardize, to_float
+from xpcnn.datasets import BatchIterator
 from xpcnn.losses import SoftmaxCrossEntropy
 
-MODELS = {"lenet5": models.lenet5, "wide": models.wide_cnn}
+MODELS = models.MODELS  # the nets are xpcnn's own builders; torch gets a twin of each
 ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
 
 
 # ---------------------------------------------------------------------------- the two trainers
-
-
-def torch_twin(model: Any, device: torch.device) -> torch.nn.Sequential:
-    """A ``torch.nn.Sequential`` with the same layers and the same current weights as an xpcnn model."""
-    nn = torch.nn
-    mods: list[torch.nn.Module] = []
-    for layer in model.layers:
-        p = {k: torch.from_numpy(np.array(B.to_numpy(v))) for k, v in layer.params.items()}
-        if isinstance(layer, XL.Conv2D):
-            m = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                          layer.dilation, bias=layer.bias)
-            m.weight.data.copy_(p["W"])  # (F, C, KH, KW) in both
-        elif isinstance(layer, XL.Dense):
-            m = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias)
-            m.weight.data.copy_(p["W"].T)  # xpcnn (in, out) -> torch (out, in)
-        elif isinstance(layer, XL.MaxPool2D):
-            m = nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
-        elif isinstance(layer, XL.AvgPool2D):
-            m = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, count_include_pad=True)
-        elif isinstance(layer, XL.ReLU):
-            m = nn.ReLU()
-        elif isinstance(layer, XL.Flatten):
-            m = nn.Flatten()
-        else:
-            raise NotImplementedError(f"no torch twin for {type(layer).__name__}")
-        if "b" in p:
-            m.bias.data.copy_(p["b"])
-        mods.append(m)
-    return nn.Sequential(*mods).to(device)
 
 
 class XpcnnTrainer:
@@ -113,17 +90,10 @@ def scaled_diff(a: np.ndarray, b: np.ndarray) -> float:
 # ---------------------------------------------------------------------------- data
 
 
-def load_data() -> tuple[np.ndarray, np.ndarray]:
-    """MNIST training set: x float32 (60000, 1, 28, 28) standardised, y int64 (60000,)."""
-    ds = load_mnist(download=False, progress=False)
-    x, _, _ = standardize(to_float(ds.x_train))
-    return x, ds.y_train.astype(np.int64)
-
-
 class Feed:
     """The same host batches for both sides, delivered on each side's device (moved inside the step, or before)."""
 
-    def __init__(self, env: C.Env, x: np.ndarray, y: np.ndarray, order: np.ndarray, n_batches: int,
+    def __init__(self, env: Env, x: np.ndarray, y: np.ndarray, order: np.ndarray, n_batches: int,
                  on_device: bool) -> None:
         bs = env.args.batch_size
         self.env, self.on_device = env, on_device
@@ -145,7 +115,7 @@ class Feed:
 # ---------------------------------------------------------------------------- benchmarks
 
 
-def bench_steps(env: C.Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def bench_steps(env: Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     args = env.args
     xt = XpcnnTrainer(name, args.seed)
     tt = TorchTrainer(xt, env.torch_device)
@@ -178,7 +148,7 @@ def bench_steps(env: C.Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str
     return {
         "model": name, "params": xt.model.num_params(), "on_device": args.on_device,
         "xpcnn": stats["xpcnn"].as_dict(), "torch": stats["torch"].as_dict(),
-        **C.ratio(stats["xpcnn"], stats["torch"]),
+        **ratio(stats["xpcnn"], stats["torch"]),
         "init_logits_max_rel_err": init_err,
         "loss": {"xpcnn": xl.tolist(), "torch": tl.tolist(), "first_timed_step": args.warmup,
                  "max_rel_diff_timed": rel_diff(xl[timed], tl[timed]),
@@ -186,7 +156,7 @@ def bench_steps(env: C.Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str
     }
 
 
-def bench_epoch(env: C.Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+def bench_epoch(env: Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """One epoch each, interleaved batch by batch, with fit()'s per-step work (float(loss), accuracy)."""
     args = env.args
     xt = XpcnnTrainer(name, args.seed)
@@ -230,7 +200,7 @@ def bench_epoch(env: C.Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str
         first_labels.setdefault("torch", yb.cpu().numpy())
 
     times: dict[str, list[float]] = {"xpcnn": [], "torch": []}
-    with C.gc_disabled():
+    with gc_disabled():
         for i in range(1, len(loader) + 1):
             times["xpcnn"].append(env.x_clock.measure(x_step, 1)[0])
             times["torch"].append(env.t_clock.measure(t_step, 1)[0])
@@ -242,7 +212,7 @@ def bench_epoch(env: C.Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str
     n = x.shape[0]
     rec: dict[str, Any] = {"model": name, "images": n, "batches": len(loader), "on_device": args.on_device}
     for side in ("xpcnn", "torch"):
-        s = C.Stats(times[side])
+        s = Stats(times[side])
         rec[side] = {"epoch_s": float(sum(times[side])), "step": s.as_dict(),
                      "loss": acc[side][0] / n, "accuracy": acc[side][1] / n}
     rec["ratio"] = rec["xpcnn"]["epoch_s"] / rec["torch"]["epoch_s"]
@@ -252,7 +222,7 @@ def bench_epoch(env: C.Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str
 # ---------------------------------------------------------------------------- output
 
 
-STEP_COLUMNS = [("model", "model"), *C.TIMING_COLUMNS, ("xl", "xpcnn loss first->last"),
+STEP_COLUMNS = [("model", "model"), *tables.TIMING_COLUMNS, ("xl", "xpcnn loss first->last"),
                 ("tl", "torch loss first->last"), ("d5", "loss rel diff (steps 0-4)"),
                 ("dall", "loss rel diff (timed)"), ("init", "init logits diff")]
 EPOCH_COLUMNS = [("model", "model"), ("x", "xpcnn s"), ("t", "torch s"), ("ratio", "xpcnn/torch"),
@@ -265,7 +235,7 @@ def step_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
     for r in records:
         loss = r["loss"]
         first = loss["first_timed_step"]
-        rows.append({"model": r["model"], **C.timing_cells(r),
+        rows.append({"model": r["model"], **tables.timing_cells(r),
                      "xl": f"{loss['xpcnn'][first]:.4f} -> {loss['xpcnn'][-1]:.4f}",
                      "tl": f"{loss['torch'][first]:.4f} -> {loss['torch'][-1]:.4f}",
                      "d5": f"{loss['max_rel_diff_first5']:.1e}", "dall": f"{loss['max_rel_diff_timed']:.1e}",
@@ -275,21 +245,21 @@ def step_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 def epoch_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [{"model": r["model"], "x": f"{r['xpcnn']['epoch_s']:.2f}", "t": f"{r['torch']['epoch_s']:.2f}",
-             "ratio": C.fmt_ratio(r["ratio"]), "xs": C.fmt_ms(r["xpcnn"]["step"]["median"]),
-             "ts": C.fmt_ms(r["torch"]["step"]["median"]),
+             "ratio": tables.fmt_ratio(r["ratio"]), "xs": tables.fmt_ms(r["xpcnn"]["step"]["median"]),
+             "ts": tables.fmt_ms(r["torch"]["step"]["median"]),
              "xl": f"{r['xpcnn']['loss']:.4f} / {r['xpcnn']['accuracy']:.4f}",
              "tl": f"{r['torch']['loss']:.4f} / {r['torch']['accuracy']:.4f}"} for r in records]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = C.make_parser(__doc__, repeats=30, warmup=5, quick_repeats=8, quick_warmup=2)
+    parser = make_parser(__doc__, repeats=30, warmup=5, quick_repeats=8, quick_warmup=2)
     parser.add_argument("--models", default="lenet5,wide", help=f"comma-separated, from {sorted(MODELS)}")
     parser.add_argument("--epoch", action=argparse.BooleanOptionalAction, default=None,
                         help="time one full MNIST epoch of LeNet-5 (default: on, off with --quick)")
     parser.add_argument("--epoch-wide", action="store_true", help="also time one full epoch of the wide net")
     parser.add_argument("--on-device", action="store_true",
                         help="keep the batches on the device before timing (else each step moves its batch)")
-    env = C.setup(parser.parse_args(argv))
+    env = setup(parser.parse_args(argv))
     args = env.args
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(names) - set(MODELS))
@@ -298,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.epoch is None:
         args.epoch = not args.quick
     epoch_models = [m for m in names if (m == "lenet5" and args.epoch) or (m == "wide" and args.epoch_wide)]
-    print(C.describe(env), flush=True)
-    x, y = load_data()
+    print(machine.describe(env), flush=True)
+    x, y = load_mnist_train()
 
     steps = []
     for name in names:
@@ -310,18 +280,19 @@ def main(argv: list[str] | None = None) -> int:
         epochs.append(bench_epoch(env, name, x, y))
         print(f"  done: {name} epoch", flush=True)
     print()
-    C.print_table(step_rows(steps), STEP_COLUMNS,
+    tables.print_table(step_rows(steps), STEP_COLUMNS,
                   title=f"training step (fwd + loss + bwd + Adam), batch {args.batch_size}, "
                         f"{'data on device' if args.on_device else 'batch moved inside the step'}; "
                         f"losses over the timed steps; rel diff = max |xpcnn - torch| / |torch| per step")
     if epochs:
         print()
-        C.print_table(epoch_rows(epochs), EPOCH_COLUMNS,
+        tables.print_table(epoch_rows(epochs), EPOCH_COLUMNS,
                       title="one MNIST epoch (60000 images), interleaved batch by batch; loss / acc: epoch means")
-    C.write_json(env, "train_step", {"steps": steps, "epochs": epochs},
+    write_json(env, "train_step", {"steps": steps, "epochs": epochs},
                  extra={"optimizer": {"type": "Adam", **ADAM}, "loss": "softmax cross-entropy (mean)"})
     return 0
 
 
 if __name__ == "__main__":
+    process.relaunch_with_thread_env()
     raise SystemExit(main())

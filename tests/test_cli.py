@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from xpcnn import backend as B
-from xpcnn import checkpoint, cli
+from xpcnn import checkpoint, cli, cli_common
 from xpcnn.datasets import Dataset, load_mnist, to_float
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -48,7 +48,7 @@ def _patched_data(dataset: Dataset):
         return dataset
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cli, "_load_data", load)
+        mp.setattr(cli_common, "load_data", load)
         yield calls
 
 

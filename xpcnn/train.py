@@ -1,4 +1,4 @@
-"""The training loop: ``fit`` / ``evaluate``, a history, callbacks (checkpoint, early stopping).
+"""The training loop: ``fit`` / ``evaluate`` and a history; callbacks live in :mod:`xpcnn.callbacks`.
 
     from xpcnn import models, optim, train
     from xpcnn.datasets import load_mnist, to_float
@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import array_api_compat
 import numpy as np
@@ -29,12 +29,14 @@ import numpy as np
 from . import backend as B
 from . import checkpoint as ckpt
 from . import distributed
+from .callbacks import Callback, EarlyStopping, ModelCheckpoint
 from .datasets.loader import BatchIterator
 from .datasets.preprocess import train_val_split
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
 
-__all__ = ["Callback", "EarlyStopping", "History", "ModelCheckpoint", "TrainingDivergedError", "evaluate", "fit"]
+__all__ = ["Callback", "EarlyStopping", "History", "ModelCheckpoint", "Trainer", "TrainingDivergedError", "evaluate",
+           "fit"]
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -52,61 +54,6 @@ class History:
 
     def __len__(self) -> int:
         return len(self.epochs)
-
-
-class Callback(Protocol):
-    """Called after every epoch; returning True stops training."""
-
-    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> bool | None: ...
-
-
-class ModelCheckpoint:
-    """Save a resumable checkpoint after every epoch (and, with ``best_path``, the best by ``monitor``)."""
-
-    def __init__(self, path: str | Path, best_path: str | Path | None = None, monitor: str = "val_loss") -> None:
-        self.path, self.best_path, self.monitor = Path(path), best_path and Path(best_path), monitor
-        self.best = math.inf
-
-    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
-        trainer.save(self.path)
-        value = logs.get(self.monitor)
-        # after a resume, the epochs before it (restored history) still count: never overwrite a better best
-        earlier = [e[self.monitor] for e in trainer.history.epochs if e is not logs and self.monitor in e]
-        self.best = min([self.best, *earlier])
-        if self.best_path is not None and value is not None and value < self.best:
-            self.best = value
-            trainer.save(self.best_path)
-
-
-class EarlyStopping:
-    """Stop when ``monitor`` (default ``val_loss``) has not improved by ``min_delta`` for ``patience`` epochs.
-
-    With ``restore_best=True`` the model's weights return to the best epoch's when it stops training
-    (like Keras' ``restore_best_weights``); a run that ends by reaching its epoch count keeps the last.
-    """
-
-    def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0,
-                 restore_best: bool = True) -> None:
-        self.monitor, self.patience, self.min_delta, self.restore_best = monitor, patience, min_delta, restore_best
-        self.best, self.wait, self.best_state, self.stopped_epoch = math.inf, 0, None, None
-
-    def on_epoch_end(self, trainer: Trainer, logs: dict[str, float]) -> bool:
-        if self.monitor not in logs:
-            raise KeyError(f"EarlyStopping monitors {self.monitor!r}, but the logs have only {sorted(logs)}; "
-                           "pass validation data (val=... or val_split=...)")
-        value = logs[self.monitor]
-        if value < self.best - self.min_delta:
-            self.best, self.wait = value, 0
-            if self.restore_best:
-                self.best_state = {k: B.to_numpy(v).copy() for k, v in trainer.model.state_dict().items()}
-            return False
-        self.wait += 1
-        if self.wait >= self.patience:
-            self.stopped_epoch = int(logs["epoch"])
-            if self.restore_best and self.best_state is not None:
-                trainer.model.load_state_dict(self.best_state)
-            return True
-        return False
 
 
 def _as_xy(data: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -180,39 +127,68 @@ class Trainer:
         if meta.get("rng_state"):
             self.set_rng_state(meta["rng_state"])
 
+    def step(self, xb: Any, yb: Any, step: int) -> tuple[float, Any]:
+        """One optimisation step on a batch: forward, loss, backward, update; returns ``(loss, logits)``.
+
+        xb: (B, C, H, W) on the backend, yb: (B,) integer labels.  ``step`` (1-based, within the
+        epoch) only names the place in the divergence error.
+        """
+        out = self.model.forward(xb, train=True)
+        loss = float(self.loss.forward(out, yb))
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"loss became {loss} at epoch {self.epoch + 1}, step {step} of {len(self.train)} "
+                f"(lr {self.optimizer.lr:g}); lower the learning rate or check the inputs for NaN/inf")
+        dout = self.loss.backward()
+        if self.dp is not None:  # this rank's share of the global batch's mean; gradients summed over ranks
+            dout = self.dp.scale_loss_grad(dout)
+        self.model.backward(dout)
+        if self.dp is not None:
+            self.dp.reduce_gradients(self.optimizer.params)
+        self.optimizer.step()
+        return loss, out
+
     def train_epoch(self, progress: bool) -> dict[str, float]:
         """One pass over the training batches; returns mean loss and accuracy over the epoch."""
-        model, loss_fn, opt = self.model, self.loss, self.optimizer
-        total_loss, correct, seen = 0.0, 0, 0
+        tally = Tally()
         bar = _progress(len(self.train), f"epoch {self.epoch + 1}", progress)
         for step, (xb, yb) in enumerate(self.train, start=1):
-            out = model.forward(xb, train=True)
-            loss = float(loss_fn.forward(out, yb))
-            if not math.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"loss became {loss} at epoch {self.epoch + 1}, step {step} of {len(self.train)} "
-                    f"(lr {opt.lr:g}); lower the learning rate or check the inputs for NaN/inf")
-            dout = loss_fn.backward()
-            if self.dp is not None:  # this rank's share of the global batch's mean; gradients summed over ranks
-                dout = self.dp.scale_loss_grad(dout)
-            model.backward(dout)
-            if self.dp is not None:
-                self.dp.reduce_gradients(opt.params)
-            opt.step()
-            xp = array_api_compat.array_namespace(out)
-            n = xb.shape[0]
-            total_loss += loss * n
-            correct += int(xp.sum(xp.astype(xp.argmax(out, axis=1) == yb, xp.int64)))
-            seen += n
+            loss, out = self.step(xb, yb, step)
+            tally.add(loss, out, yb)
             if bar is not None:
                 bar.update(1)
                 if step % 20 == 0 or step == len(self.train):
-                    bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+                    bar.set_postfix(**tally.postfix())
         if bar is not None:
             bar.close()
         if self.dp is not None:
-            total_loss, correct, seen = self.dp.sum([total_loss, correct, seen])
-        return {"loss": total_loss / seen, "accuracy": correct / seen}
+            tally.loss_sum, tally.correct, tally.seen = self.dp.sum([tally.loss_sum, tally.correct, tally.seen])
+        return tally.result()
+
+
+class Tally:
+    """Running loss and accuracy over an epoch: the one place batch results are summed.
+
+    ``add(loss, logits, labels)`` with loss the batch mean, logits (B, K), labels (B,);
+    ``result()`` gives the sample-weighted means ``{"loss": ..., "accuracy": ...}``.
+    """
+
+    def __init__(self) -> None:
+        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+
+    def add(self, loss: float, logits: Any, labels: Any) -> None:
+        xp = array_api_compat.array_namespace(logits)
+        n = int(labels.shape[0])
+        self.loss_sum += loss * n
+        self.correct += int(xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64)))
+        self.seen += n
+
+    def result(self) -> dict[str, float]:
+        return {"loss": self.loss_sum / self.seen, "accuracy": self.correct / self.seen}
+
+    def postfix(self) -> dict[str, str]:
+        r = self.result()
+        return {"loss": f"{r['loss']:.4f}", "acc": f"{r['accuracy']:.4f}"}
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -268,7 +244,7 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
         trainer.resume(resume)
         if log:
             log(f"resumed from {resume} at epoch {trainer.epoch}")
-    if dp is not None:
+    if dp is not None:  # same configuration, data and state on every rank; rank 0's weights everywhere
         dp.start(model, {"model": model.config(), "optimizer": optimizer.state_dict(), "data": (x, y), "val": val,
                          "fit": [epochs, batch_size, seed, drop_last, on_device, distributed.describe(transform),
                                  distributed.describe(scheduler)],
@@ -287,8 +263,8 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
 
 def _train_epochs(trainer: Trainer, epochs: int, val: Any, on_device: bool, progress: bool,
                   log: Callable[[str], None] | None, callbacks: Sequence[Callback]) -> None:
-    model, optimizer, scheduler, loss, dp = trainer.model, trainer.optimizer, trainer.scheduler, trainer.loss, \
-        trainer.dp
+    """The epoch loop of :func:`fit`: train, validate, schedule, log, callbacks (which may stop it)."""
+    model, optimizer, scheduler, loss = trainer.model, trainer.optimizer, trainer.scheduler, trainer.loss
     while trainer.epoch < epochs:
         start = time.perf_counter()
         logs: dict[str, float] = {"epoch": trainer.epoch + 1, "lr": optimizer.lr}
@@ -306,8 +282,8 @@ def _train_epochs(trainer: Trainer, epochs: int, val: Any, on_device: bool, prog
         stop = False
         for cb in callbacks:
             stop = bool(cb.on_epoch_end(trainer, logs)) or stop
-        if dp is not None:
-            dp.check_replicas(model)
+        if trainer.dp is not None:
+            trainer.dp.check_replicas(model)
         if stop:
             break
 

@@ -20,14 +20,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .comm import Communicator, MPICommunicator, import_mpi
+from .comm import Communicator, MissingMPIError, MPICommunicator, import_mpi
 from .context import CollectiveError, DataParallel, describe, fingerprint
 from .launcher import Launch, detect
 from .sharding import ShardedBatchIterator, ShardedGenerator, shard_bounds
 
-__all__ = ["CollectiveError", "Communicator", "DataParallel", "Launch", "MPICommunicator", "ShardedBatchIterator",
-           "ShardedGenerator", "current", "describe", "detect", "fingerprint", "import_mpi", "init", "is_root",
-           "shard_bounds", "shutdown"]
+__all__ = ["CollectiveError", "Communicator", "DataParallel", "Launch", "MPICommunicator", "MissingMPIError",
+           "ShardedBatchIterator", "ShardedGenerator", "active", "current", "describe", "detect", "fingerprint",
+           "import_mpi", "init", "is_root", "shard_bounds", "shutdown"]
 
 _context: DataParallel | None = None
 _started = False
@@ -55,8 +55,9 @@ def init(comm: Any = None, bucket_bytes: int | None = None) -> DataParallel | No
 def current() -> DataParallel | None:
     """The active :class:`DataParallel`, starting it on first use when launched with more than one rank.
 
-    Raises ImportError (naming the launcher and ``pip install 'xpcnn[mpi]'``) when an MPI launcher
-    started several ranks but mpi4py cannot be imported, so the ranks never train independently.
+    Raises :class:`MissingMPIError` (an ImportError naming the launcher and ``pip install 'xpcnn[mpi]'``)
+    when an MPI launcher started several ranks but mpi4py cannot be imported, so the ranks never train
+    independently.
     """
     global _started
     if _started:
@@ -72,6 +73,11 @@ def current() -> DataParallel | None:
                            f"{1 if dp is None else dp.size}: mpi4py is built against a different MPI than the "
                            f"launcher (use the mpiexec of the MPI mpi4py was built with)")
     return dp
+
+
+def active() -> DataParallel | None:
+    """The :class:`DataParallel` already started (by :func:`init` or :func:`current`), without starting one."""
+    return _context
 
 
 def is_root() -> bool:

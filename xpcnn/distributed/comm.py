@@ -19,16 +19,20 @@ import numpy as np
 
 from .. import backend as B
 
-__all__ = ["Communicator", "MPICommunicator", "import_mpi"]
+__all__ = ["Communicator", "MPICommunicator", "MissingMPIError", "import_mpi"]
+
+
+class MissingMPIError(ImportError):
+    """mpi4py (the ``mpi`` extra) is needed but cannot be imported; the message says how to install it."""
 
 
 def import_mpi(reason: str = "") -> Any:
-    """``mpi4py.MPI``, or ImportError with the install command (``pip install 'xpcnn[mpi]'``)."""
+    """``mpi4py.MPI``, or :class:`MissingMPIError` with the install command (``pip install 'xpcnn[mpi]'``)."""
     try:
         from mpi4py import MPI
     except ImportError as exc:
         why = f"{reason}, but " if reason else ""
-        raise ImportError(f"{why}mpi4py is not installed (or has no MPI library): install the extra with "
+        raise MissingMPIError(f"{why}mpi4py is not installed (or has no MPI library): install the extra with "
                           f"pip install 'xpcnn[mpi]' (mpi4py + the mpich wheel); import error: {exc}") from None
     return MPI
 
