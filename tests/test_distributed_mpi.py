@@ -10,6 +10,7 @@ the one-process float32 run differs from the float64 one by as much, see the flo
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -99,6 +100,7 @@ def test_ranks_train_the_same_model_as_one_process_float64(tmp_path, model, rank
 
 
 @needs_mpi
+@pytest.mark.slow
 @pytest.mark.parametrize("model, ranks, n, batch", [("lenet5", 2, 160, 8), ("bn", 3, 400, 20)])
 def test_ranks_match_one_process_float32_for_20_steps(tmp_path, model, ranks, n, batch):
     """20 steps in float32: within 1e-5 of one process, and no further from it than the one-process float32
@@ -187,3 +189,64 @@ def test_a_launch_without_mpi4py_fails_with_the_install_command(tmp_path):
     assert "rank 0 of 2" in proc.stderr and "rank 1 of 2" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 4, proc.stderr  # one line per rank (plus launcher lines)
     assert not (tmp_path / "run").exists()
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_cli_under_mpiexec_writes_one_run_directory_and_resumes_on_another_rank_count(tmp_path):
+    """``mpiexec -n 2 xpcnn train`` then ``mpiexec -n 3 xpcnn train --resume``: rank 0 alone prints and writes,
+    metrics.json says world_size; the weights match ``xpcnn train`` in one process (float32, 6 steps)."""
+    from xpcnn import checkpoint, cli, distributed
+
+    flags = ["--model", "lenet5", "--limit", "60", "--val-split", "0.25", "--batch-size", "20", "--schedule", "none",
+             "--no-progress", "--seed", "3"]
+    first, second, single = tmp_path / "first", tmp_path / "second", tmp_path / "single"
+    proc = mpirun(2, ["-m", "xpcnn", "train", *flags, "--epochs", "1", "--out", str(first)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("test accuracy") == 1 and proc.stdout.count("run directory") == 1, proc.stdout
+    proc = mpirun(3, ["-m", "xpcnn", "train", *flags, "--epochs", "2", "--out", str(second),
+                      "--resume", str(first / "checkpoint.npz")])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("resumed from") == 1
+    metrics = json.loads((second / "metrics.json").read_text())
+    assert metrics["world_size"] == 3 and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert json.loads((first / "metrics.json").read_text())["world_size"] == 2
+
+    distributed.shutdown()
+    assert cli.main(["train", *flags, "--epochs", "2", "--out", str(single)]) == 0
+    assert json.loads((single / "metrics.json").read_text())["world_size"] == 1
+    multi_model, _ = checkpoint.load_model(second / "checkpoint.npz")
+    single_model, _ = checkpoint.load_model(single / "checkpoint.npz")
+    from xpcnn import backend as B
+
+    a = {k: B.to_numpy(v) for k, v in multi_model.state_dict().items()}
+    b = {k: B.to_numpy(v) for k, v in single_model.state_dict().items()}
+    assert model_rel_err(a, b) <= 1e-5
+    assert abs(metrics["test_accuracy"] - json.loads((single / "metrics.json").read_text())["test_accuracy"]) < 0.01
+
+
+def _gpu_count() -> int:
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # noqa: BLE001 - no CuPy, no driver, no device: all mean "no GPU"
+        return 0
+
+
+@pytest.mark.gpu
+@needs_mpi
+@pytest.mark.skipif(_gpu_count() < 2, reason="the NCCL path needs 2 GPUs (NCCL refuses two ranks on one device)")
+def test_nccl_ranks_train_the_same_model_as_one_process(tmp_path, monkeypatch):
+    """CuPy arrays, gradients over NCCL: never run yet (no multi-GPU machine); float64 like the host test."""
+    monkeypatch.setenv("XPCNN_BACKEND", "cupy")
+    args = ["--model", "bn", "--dtype", "float64", "--n", "64", "--batch", "20"]
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(HERE / "distributed_worker.py"),
+                           str(tmp_path / "multi.npz"), *args], cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    from xpcnn import backend as B
+
+    with B.using("cupy"):
+        single = train_single(tmp_path / "single.npz", args)
+    assert rel_err(worker.load(tmp_path / "multi.npz")["state"], single["state"]) <= 1e-12

@@ -238,3 +238,51 @@ def test_current_names_the_extra_when_mpi4py_is_missing(monkeypatch):
             distributed.current()
     finally:
         distributed.shutdown()
+
+
+def test_nccl_communicator_logic_with_a_stand_in_for_cupy(monkeypatch):
+    """The NCCL communicator's own code (device choice, fresh output arrays, host fallback) on the CPU:
+    CuPy and cupyx.distributed replaced by NumPy stand-ins for a group of one rank.  Real NCCL is untested."""
+    pytest.importorskip("mpi4py", reason="the NCCL communicator sits on mpi4py: pip install 'xpcnn[mpi]'")
+    import sys
+    import types
+
+    class FakeArray(np.ndarray):
+        pass
+
+    used = []
+    calls = []
+    cupy = types.SimpleNamespace(
+        ndarray=FakeArray,
+        cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 4),
+                                   Device=lambda i: types.SimpleNamespace(use=lambda: used.append(i))),
+        ascontiguousarray=lambda a: np.ascontiguousarray(a).view(FakeArray),
+        empty_like=lambda a: np.empty_like(a).view(FakeArray),
+        array=lambda a, copy=True, order="C": np.array(a, copy=copy, order=order).view(FakeArray))
+
+    class FakeNCCL:
+        def all_reduce(self, src, out, op="sum"):
+            calls.append(("all_reduce", op))
+            out[...] = src  # one rank: the sum is the input
+
+        def broadcast(self, buf, root):
+            calls.append(("broadcast", root))
+
+    cupyx = types.ModuleType("cupyx")
+    cupyx.distributed = types.SimpleNamespace(init_process_group=lambda n, r, backend, use_mpi: FakeNCCL())
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
+    monkeypatch.setitem(sys.modules, "cupyx.distributed", cupyx.distributed)
+    monkeypatch.setenv("MPI_LOCALRANKID", "5")
+    from xpcnn.distributed.nccl import NCCLCommunicator
+
+    comm = NCCLCommunicator()
+    assert used == [5 % 4] and comm.device == 1
+    x = np.arange(6.0).reshape(2, 3).view(FakeArray)
+    y = comm.allreduce(x)
+    assert y is not x and isinstance(y, FakeArray) and np.array_equal(y, x)
+    z = comm.broadcast(x, 0)
+    assert z is not x and np.array_equal(z, x)
+    assert calls == [("all_reduce", "sum"), ("broadcast", 0)]
+    host = np.ones(3)
+    assert np.array_equal(comm.allreduce(host), host) and len(calls) == 2  # host arrays go over MPI
