@@ -72,7 +72,7 @@ def evaluate(model: Sequential, data: tuple[Any, Any], loss: Any = None, batch_s
     if dp is not None:  # data-parallel: each rank evaluates a contiguous part, the sums are reduced
         start, stop = dp.eval_rows(n)
         x, y = x[start:stop], y[start:stop]
-    batches = [] if x.shape[0] == 0 else \
+    batches: Any = [] if x.shape[0] == 0 else \
         BatchIterator(x, y, batch_size, shuffle=False, on_device=on_device, x_dtype=_model_dtype(model))
     total_loss, correct = 0.0, 0
     for xb, yb in batches:
@@ -81,7 +81,8 @@ def evaluate(model: Sequential, data: tuple[Any, Any], loss: Any = None, batch_s
         total_loss += float(loss.forward(out, yb)) * xb.shape[0]
         correct += int(xp.sum(xp.astype(xp.argmax(out, axis=1) == yb, xp.int64)))
     if dp is not None:
-        total_loss, correct = dp.sum([total_loss, correct])
+        total_loss, summed_correct = dp.sum([total_loss, correct])
+        correct = int(summed_correct)
     return {"loss": total_loss / n, "accuracy": correct / n}
 
 

@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import array_api_compat
 import numpy as np
@@ -68,7 +68,7 @@ def _feed(h: Any, value: Any) -> None:
     elif hasattr(value, "shape") and hasattr(value, "dtype"):
         host = np.ascontiguousarray(B.to_numpy(value))
         h.update(f"{host.dtype.str}{host.shape}".encode())
-        h.update(memoryview(host).cast("B"))
+        h.update(host.data.cast("B"))
     else:
         h.update(json.dumps(value, sort_keys=True, default=repr).encode())
 
@@ -193,7 +193,7 @@ class DataParallel:
                 if layer.rng is not None:
                     own = layer.rng
                     undo.append((layer, "rng", own))
-                    layer.rng = ShardedGenerator(lambda own=own: own, lambda: self.shard)
+                    layer.rng = cast(Any, ShardedGenerator(lambda own=own: own, lambda: self.shard))
                 else:
                     shared = layer.shared_rng
                     undo.append((layer, "shared_rng", shared))
