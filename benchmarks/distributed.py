@@ -6,8 +6,10 @@
 
 Measured (CPU, NumPy, one BLAS thread per rank, ``mpiexec -n p``): a training step on a fixed global
 batch, split into *compute* (forward, loss, backward, Adam update), *wait* (a barrier: how long the
-fastest rank waits for the slowest) and *Allreduce* (the bucketed flat-buffer gradient Allreduce
-alone).  Medians over the timed steps, rank 0's clock.  With 3 ranks on a 2-core machine the ranks
+fastest rank waits for the slowest) and *Allreduce* (the bucketed flat-buffer gradient Allreduce in
+the step); *Allreduce alone* repeats it back to back after a barrier (the transport's own cost).
+Medians over the timed steps (rank 0's clock), then the median over ``--rounds`` runs of every
+configuration, interleaved.  With 3 ranks on a 2-core machine the ranks
 share cores, so that row measures oversubscription, not scaling.
 
 Projected (8 GPUs, one node, NVLink 4): an alpha-beta model of a ring Allreduce,
@@ -93,11 +95,18 @@ def worker(args: argparse.Namespace) -> None:
         t4 = time.perf_counter()
         if step >= args.warmup:
             rows.append(((t1 - t0) + (t4 - t3), t2 - t1, t3 - t2))
+    alone = []  # the gradient Allreduce by itself, back to back after a barrier: the transport's cost
+    for _ in range(args.steps if dp is not None else 0):
+        dp.comm.barrier()  # type: ignore[union-attr]
+        t0 = time.perf_counter()
+        allreduce_gradients(params, dp.comm)  # type: ignore[union-attr]
+        alone.append(time.perf_counter() - t0)
     if rank == 0:
         med = [statistics.median(r[i] for r in rows) for i in range(3)]
         print("RESULT " + json.dumps({"model": args.model, "ranks": size, "batch": b, "grad_bytes": grad_bytes,
                                       "compute_ms": med[0] * 1e3, "wait_ms": med[1] * 1e3,
                                       "allreduce_ms": med[2] * 1e3, "step_ms": sum(med) * 1e3,
+                                      "allreduce_alone_ms": statistics.median(alone) * 1e3 if alone else 0.0,
                                       "steps": args.steps}), flush=True)
 
 
@@ -230,6 +239,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128, help="global batch (default 128)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="runs per configuration, interleaved (median reported)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
@@ -240,16 +250,22 @@ def main() -> None:
 
     names = args.models or [m for m in ("lenet5", "wide", "resnet8") if m in models.MODELS]
     if args.quick:
-        args.steps, args.warmup = 3, 1
+        args.steps, args.warmup, args.rounds = 3, 1, 1
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for _ in range(args.rounds):  # rounds of every configuration: load drift hits them alike
+        for name in names:
+            for ranks in args.ranks:
+                runs.setdefault((name, ranks), []).append(measure(name, ranks, args.batch, args.steps, args.warmup))
     measured = []
     print(f"{'model':8} {'ranks':>5} {'batch':>6} {'grad KiB':>9} {'compute ms':>11} {'wait ms':>8} "
-          f"{'Allreduce ms':>13} {'step ms':>8}")
-    for name in names:
-        for ranks in args.ranks:
-            r = measure(name, ranks, args.batch, args.steps, args.warmup)
-            measured.append(r)
-            print(f"{name:8} {ranks:5d} {r['batch']:6d} {r['grad_bytes'] / 1024:9.0f} {r['compute_ms']:11.2f} "
-                  f"{r['wait_ms']:8.2f} {r['allreduce_ms']:13.3f} {r['step_ms']:8.2f}")
+          f"{'Allreduce ms':>13} {'step ms':>8} {'Allreduce alone ms':>19}")
+    for (name, ranks), rs in runs.items():
+        r = {**rs[0], **{k: statistics.median(x[k] for x in rs) for k in ("compute_ms", "wait_ms", "allreduce_ms",
+                                                                            "step_ms", "allreduce_alone_ms")},
+             "rounds": len(rs), "step_ms_per_round": [x["step_ms"] for x in rs]}
+        measured.append(r)
+        print(f"{name:8} {ranks:5d} {r['batch']:6d} {r['grad_bytes'] / 1024:9.0f} {r['compute_ms']:11.2f} "
+              f"{r['wait_ms']:8.2f} {r['allreduce_ms']:13.3f} {r['step_ms']:8.2f} {r['allreduce_alone_ms']:19.3f}")
     projected = {}
     print(f"\nProjection to H200s over NVLink 4 (alpha {ALPHA_S * 1e6:g} us/step, beta {BETA_BPS / 1e9:g} GB/s "
           f"per direction); single-GPU step time is an ESTIMATE (no GPU run)")
@@ -269,6 +285,7 @@ def main() -> None:
                                                       "python": sys.version.split()[0]},
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "settings": {"global_batch": args.batch, "steps": args.steps, "warmup": args.warmup,
+                           "rounds": args.rounds, "load_average_at_start": os.getloadavg()[0],
                            "threads_per_rank": 1, "statistic": "median over timed steps, rank 0"},
               "assumptions": {"alpha_s_per_ring_step": ALPHA_S, "beta_bytes_per_s": BETA_BPS,
                               "launch_s": LAUNCH_S, "gpu_flops": GPU_FLOPS,
