@@ -39,14 +39,15 @@ class _Snapshots:
         self.by_epoch[int(logs["epoch"])] = weights(trainer.model)
 
 
-def _scripted_val(monkeypatch, losses):
-    """Replace the validation pass by a script of val losses (one per epoch), so the scenario is exact."""
+def _scripted_val(monkeypatch, losses, accuracies=None):
+    """Replace the validation pass by a script of val losses (and accuracies), one per epoch."""
     script = iter(losses)
+    acc = iter(accuracies) if accuracies is not None else None
     calls = []
 
     def fake_evaluate(model, data, loss=None, batch_size=512, on_device=False):
         calls.append(int(np.asarray(B.to_numpy(data[0])).shape[0]))
-        return {"loss": next(script), "accuracy": 0.5}
+        return {"loss": next(script), "accuracy": 0.5 if acc is None else next(acc)}
 
     monkeypatch.setattr(train, "evaluate", fake_evaluate)
     return calls
@@ -134,3 +135,143 @@ def test_model_checkpoint_best_survives_a_resume(small, monkeypatch, tmp_path):
     best_model, meta = load_model(best)
     assert meta["epoch"] == 4  # 0.3 is the new best
     assert_weights_equal(weights(best_model), snaps.by_epoch[4])
+
+
+# ------------------------------------------------------------------------------------------- mode (issue 9 item 5)
+
+
+def test_early_stopping_maximises_accuracy(small, monkeypatch):
+    """On main, val_accuracy was minimised: the run stopped at epoch 3 while accuracy rose, keeping 0.90."""
+    x, y, xv, yv = small
+    _scripted_val(monkeypatch, [1.0] * 6, accuracies=[0.90, 0.93, 0.95, 0.97, 0.96, 0.96])
+    snaps = _Snapshots()
+    stopper = train.EarlyStopping(monitor="val_accuracy", patience=2)
+    model = tiny()
+    history = train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=6,
+                        batch_size=64, seed=0, callbacks=[snaps, stopper], **quiet())
+    assert stopper.mode == "max"
+    assert len(history) == 6 and stopper.best == 0.97  # stopped at 6 (two epochs without a gain after 4)
+    assert stopper.stopped_epoch == 6
+    assert_weights_equal(weights(model), snaps.by_epoch[4])
+
+
+@pytest.mark.parametrize("mode, want_best_epoch", [("max", 3), ("min", 1)])
+def test_model_checkpoint_mode(small, monkeypatch, tmp_path, mode, want_best_epoch):
+    x, y, xv, yv = small
+    _scripted_val(monkeypatch, [1.0, 1.0, 1.0], accuracies=[0.5, 0.7, 0.9])
+    cb = train.ModelCheckpoint(tmp_path / "last.npz", best_path=tmp_path / "best.npz", monitor="val_accuracy",
+                               mode=mode)
+    model = tiny()
+    train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=3, batch_size=128,
+              seed=0, callbacks=[cb], **quiet())
+    from xpcnn.checkpoint import load_model
+
+    assert load_model(tmp_path / "best.npz")[1]["epoch"] == want_best_epoch
+
+
+def test_model_checkpoint_auto_mode_maximises_accuracy(tmp_path):
+    assert train.ModelCheckpoint(tmp_path / "c.npz", monitor="val_accuracy").mode == "max"
+    assert train.ModelCheckpoint(tmp_path / "c.npz", monitor="val_loss").mode == "min"
+    assert train.EarlyStopping(monitor="accuracy").mode == "max"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mode": "up"}, "mode must be one of auto, min, max, got 'up'"),
+    ({"patience": 0}, "patience must be an integer >= 1"),
+    ({"patience": 2.5}, "patience must be an integer >= 1"),
+    ({"min_delta": -0.1}, "min_delta must be a finite number >= 0"),
+    ({"min_delta": float("nan")}, "min_delta must be a finite number >= 0"),
+    ({"monitor": ""}, "monitor must be the name of a logged metric"),
+])
+def test_early_stopping_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train.EarlyStopping(**kwargs)
+
+
+def test_early_stopping_counts_the_epochs_before_a_resume(small, monkeypatch, tmp_path):
+    """Best 0.5 at epoch 2 of the first run; after a resume, 0.6 and 0.7 exhaust patience 2 at epoch 4."""
+    x, y, xv, yv = small
+    _scripted_val(monkeypatch, [1.0, 0.5, 0.6, 0.7, 0.1])
+    last = tmp_path / "last.npz"
+    model = tiny()
+    train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=3, batch_size=128,
+              seed=0, callbacks=[train.ModelCheckpoint(last)], **quiet())
+    stopper = train.EarlyStopping(patience=2)
+    model = tiny()
+    history = train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=5,
+                        batch_size=128, seed=0, resume=last, callbacks=[stopper], **quiet())
+    assert stopper.best == 0.5 and stopper.stopped_epoch == 4 and len(history) == 4
+
+
+# ------------------------------------------------------------------------------------------- divergence (item 4)
+
+
+def test_nan_validation_loss_stops_the_run_and_keeps_the_checkpoint(small, monkeypatch, tmp_path):
+    """On main a NaN val loss was accepted and the checkpoint overwritten with that epoch."""
+    x, y, xv, yv = small
+    _scripted_val(monkeypatch, [1.0, 0.5, float("nan")])
+    last, best = tmp_path / "last.npz", tmp_path / "best.npz"
+    snaps = _Snapshots()
+    model = tiny()
+    with pytest.raises(train.TrainingDivergedError, match="validation loss became nan after epoch 3"):
+        train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=4, batch_size=128,
+                  seed=0, callbacks=[snaps, train.ModelCheckpoint(last, best_path=best)], **quiet())
+    from xpcnn.checkpoint import load_model
+
+    kept, meta = load_model(last)
+    assert meta["epoch"] == 2 and sorted(snaps.by_epoch) == [1, 2]
+    assert_weights_equal(weights(kept), snaps.by_epoch[2])
+    assert load_model(best)[1]["epoch"] == 2
+
+
+def test_model_checkpoint_never_keeps_a_nan_as_best(small, monkeypatch, tmp_path):
+    """A NaN in a monitored metric other than the guarded val loss is never 'better'."""
+    x, y, xv, yv = small
+    _scripted_val(monkeypatch, [1.0, 1.0], accuracies=[0.5, float("nan")])
+    cb = train.ModelCheckpoint(tmp_path / "last.npz", best_path=tmp_path / "best.npz", monitor="val_accuracy")
+    model = tiny()
+    train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=2, batch_size=128,
+              seed=0, callbacks=[cb], **quiet())
+    from xpcnn.checkpoint import load_model
+
+    assert load_model(tmp_path / "best.npz")[1]["epoch"] == 1 and cb.best == 0.5
+
+
+# ------------------------------------------------------------------------------------------- CSV logger
+
+
+def _read_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_logger_matches_the_history(small, tmp_path):
+    x, y, xv, yv = small
+    path = tmp_path / "metrics.csv"
+    model = tiny()
+    history = train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=2,
+                        batch_size=128, seed=0, callbacks=[train.CSVLogger(path)], **quiet())
+    rows = _read_csv(path)
+    assert list(rows[0]) == ["epoch", "lr", "loss", "accuracy", "val_loss", "val_accuracy", "time_s"]
+    assert len(rows) == 2
+    for row, record in zip(rows, history.epochs):
+        assert int(row["epoch"]) == record["epoch"]
+        for key in ("lr", "loss", "accuracy", "val_loss", "val_accuracy", "time_s"):
+            assert float(row[key]) == record[key], key  # repr round-trips exactly
+
+
+def test_csv_logger_after_a_resume_holds_every_epoch(small, tmp_path):
+    x, y, _, _ = small
+    last, path = tmp_path / "last.npz", tmp_path / "m.csv"
+    model = tiny()
+    train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), epochs=1, batch_size=128, seed=0,
+              callbacks=[train.ModelCheckpoint(last)], **quiet())
+    model = tiny()
+    history = train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), epochs=3, batch_size=128, seed=0,
+                        resume=last, callbacks=[train.CSVLogger(path)], **quiet())
+    rows = _read_csv(path)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [float(r["loss"]) for r in rows] == history["loss"]
+    assert "val_loss" not in rows[0]

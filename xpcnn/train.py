@@ -5,12 +5,17 @@
     x_train, y_train, x_test, y_test = load_mnist()
     model = models.lenet5(rng=0)
     history = train.fit(model, optim.Adam(model.parameters()), (to_float(x_train), y_train),
-                        val=(to_float(x_test), y_test), epochs=5, batch_size=128, seed=0)
+                        val_split=0.1, epochs=5, batch_size=128, seed=0)   # 10% of train held out
+    test = train.evaluate(model, (to_float(x_test), y_test))              # the test set: once, at the end
 
-Randomness comes from host generators: ``seed`` fixes the shuffling order and
-reseeds the global generator (dropout masks), from independent streams, so a run is reproducible and a
-resumed run (``fit(..., resume=path)``) continues exactly where the checkpoint
-left off.
+Randomness comes from host generators: ``seed`` fixes the shuffling order, the validation split and
+the model's dropout generator (``Sequential.set_rng``), each from its own stream, so a run is
+reproducible and a resumed run (``fit(..., resume=path)``) continues exactly where the checkpoint
+left off.  No module-global generator is touched.
+
+Bad arguments (labels that are not integers in ``0..K-1`` of shape ``(N,)``, a non-positive
+``epochs`` or ``batch_size``, a ``val_split`` outside ``(0, 1)``, ...) raise ``ValueError`` or
+``TypeError`` naming what was expected and what was received, before any training starts.
 """
 
 from __future__ import annotations
@@ -29,18 +34,18 @@ import numpy as np
 from . import backend as B
 from . import checkpoint as ckpt
 from . import distributed
-from .callbacks import Callback, EarlyStopping, ModelCheckpoint
+from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint
 from .datasets.loader import BatchIterator
 from .datasets.preprocess import train_val_split
 from .losses import SoftmaxCrossEntropy
 from .model import Sequential
 
-__all__ = ["Callback", "EarlyStopping", "History", "ModelCheckpoint", "Trainer", "TrainingDivergedError", "evaluate",
-           "fit"]
+__all__ = ["Callback", "CSVLogger", "EarlyStopping", "History", "ModelCheckpoint", "Tally", "Trainer",
+           "TrainingDivergedError", "check_data", "evaluate", "evaluate_with_predictions", "fit"]
 
 
 class TrainingDivergedError(FloatingPointError):
-    """The loss became NaN or infinite; the message names the epoch and step."""
+    """The training or validation loss, or a weight, became NaN or infinite; the message says where."""
 
 
 @dataclass
@@ -56,39 +61,101 @@ class History:
         return len(self.epochs)
 
 
-def _as_xy(data: Any) -> tuple[np.ndarray, np.ndarray]:
+def _as_xy(data: Any, name: str = "data") -> tuple[np.ndarray, np.ndarray]:
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return np.asarray(B.to_numpy(data[0])), np.asarray(B.to_numpy(data[1]))
-    raise TypeError(f"data must be a pair (x, y) of arrays, got {type(data).__name__}")
+    raise TypeError(f"{name} must be a pair (x, y) of arrays, got {type(data).__name__}")
+
+
+def _num_classes(model: Sequential, x: np.ndarray) -> int | None:
+    """K, the model's number of outputs for samples shaped like ``x[0]`` (None when the model cannot say)."""
+    shapes = getattr(model, "output_shapes", None)
+    if shapes is None:
+        return None
+    try:
+        out = shapes((1, *x.shape[1:]))[-1]
+    except (ValueError, TypeError, IndexError) as exc:
+        raise ValueError(f"the model cannot take samples of shape {tuple(x.shape[1:])}: {exc}") from None
+    return int(out[-1]) if len(out) == 2 else None
+
+
+def check_data(model: Sequential, x: np.ndarray, y: np.ndarray, name: str = "train") -> None:
+    """Check ``x: (N, ...)`` floating or integer images and ``y: (N,)`` integer labels in ``0..K-1``.
+
+    K is the model's number of outputs.  Raises ValueError / TypeError naming ``name``, what was
+    expected and what was received (the first offending label and its index).
+    """
+    if x.ndim < 2:
+        raise ValueError(f"{name} x must have a sample axis and at least one feature axis, got shape {x.shape}")
+    if x.dtype.kind not in "fiu":
+        raise TypeError(f"{name} x must be a numeric array, got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} data is empty (x has shape {x.shape})")
+    if y.ndim != 1:
+        hint = "; pass y.ravel()" if y.ndim == 2 and y.shape[1] == 1 else ""
+        raise ValueError(f"{name} y must be class labels of shape (N,), got shape {y.shape}{hint}")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"{name} x and y have different numbers of samples: {x.shape[0]} and {y.shape[0]}")
+    if y.dtype.kind not in "iu":
+        bad = ""
+        if y.dtype.kind == "f":
+            frac = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
+            if frac.size:
+                bad = f" ({float(y[frac[0]])!r} at index {int(frac[0])})"
+        raise TypeError(f"{name} y must be integer class labels, got dtype {y.dtype}{bad}")
+    k = _num_classes(model, x)
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or (k is not None and high >= k):
+        index = int(np.argmin(y)) if low < 0 else int(np.argmax(y))
+        limit = f"0..{k - 1} (the model has {k} outputs)" if k is not None else ">= 0"
+        raise ValueError(f"{name} y must hold labels in {limit}, got {int(y[index])} at index {index}")
 
 
 def evaluate(model: Sequential, data: tuple[Any, Any], loss: Any = None, batch_size: int = 512,
              on_device: bool = False) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` (eval mode) on ``(x, y)``: ``{"loss": ..., "accuracy": ...}``."""
+    return evaluate_with_predictions(model, data, loss, batch_size, on_device)[0]
+
+
+def evaluate_with_predictions(model: Sequential, data: tuple[Any, Any], loss: Any = None, batch_size: int = 512,
+                              on_device: bool = False) -> tuple[dict[str, float], np.ndarray]:
+    """:func:`evaluate` and the predicted class of every sample, (N,) int64 on the host, in one pass.
+
+    Data-parallel (:mod:`xpcnn.distributed`): every rank calls it; each evaluates a contiguous part and
+    every rank gets the reduced metrics and all predictions.
+    """
     loss = loss or SoftmaxCrossEntropy()
     x, y = _as_xy(data)
-    n = x.shape[0]
+    check_data(model, x, y, "evaluation")
+    batch_size = _positive_int("batch_size", batch_size)
     dp = distributed.current()
-    if dp is not None:  # data-parallel: each rank evaluates a contiguous part, the sums are reduced
-        start, stop = dp.eval_rows(n)
+    if dp is not None:
+        start, stop = dp.eval_rows(x.shape[0])
         x, y = x[start:stop], y[start:stop]
     batches: Any = [] if x.shape[0] == 0 else \
         BatchIterator(x, y, batch_size, shuffle=False, on_device=on_device, x_dtype=_model_dtype(model))
-    total_loss, correct = 0.0, 0
+    tally = Tally()
+    predictions = []
     for xb, yb in batches:
         out = model.forward(xb, train=False)
+        tally.add(float(loss.forward(out, yb)), out, yb)
         xp = array_api_compat.array_namespace(out)
-        total_loss += float(loss.forward(out, yb)) * xb.shape[0]
-        correct += int(xp.sum(xp.astype(xp.argmax(out, axis=1) == yb, xp.int64)))
+        predictions.append(B.to_numpy(xp.argmax(out, axis=1)))
     if dp is not None:
-        total_loss, summed_correct = dp.sum([total_loss, correct])
-        correct = int(summed_correct)
-    return {"loss": total_loss / n, "accuracy": correct / n}
+        _reduce(tally, dp)
+        predictions = [p for part in dp.comm.allgather_object(predictions) for p in part]
+    return tally.result(), np.concatenate(predictions).astype(np.int64)
 
 
 def _model_dtype(model: Sequential) -> str:
     ref = next((p.value for p in model.parameters()), None)
     return "float32" if ref is None else B.dtype_name(ref.dtype)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
 
 
 class Trainer:
@@ -104,15 +171,16 @@ class Trainer:
         self.dp: Any = None
 
     def rng_state(self) -> dict[str, Any]:
-        return {"loader": self.train.state_dict(), "global": B.host_rng().bit_generator.state,
-                "layers": {str(i): layer.rng.bit_generator.state for i, layer in enumerate(self.model)
-                           if getattr(layer, "rng", None) is not None}}
+        """The loader's and the model's generator states (JSON-able)."""
+        return {"loader": self.train.state_dict(), "model": self.model.rng_state()}
 
     def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`rng_state`; also reads checkpoints of earlier versions (``global`` + ``layers``)."""
         self.train.load_state_dict(state["loader"])
-        B.host_rng().bit_generator.state = state["global"]
-        for i, s in state.get("layers", {}).items():
-            self.model[int(i)].rng.bit_generator.state = s
+        if "model" in state:
+            self.model.load_rng_state(state["model"])
+        else:  # before Sequential.set_rng: dropout drew from the global generator, now the model's shared one
+            self.model.load_rng_state({"shared": state.get("global"), "layers": state.get("layers", {})})
 
     def save(self, path: str | Path) -> Path:
         """Write a resumable checkpoint (data-parallel: rank 0 only; it holds every rank's state)."""
@@ -121,12 +189,24 @@ class Trainer:
         return ckpt.save(path, self.model, self.optimizer, scheduler=self.scheduler, epoch=self.epoch,
                          rng_state=self.rng_state(), history=self.history.epochs, extra=self.extra)
 
-    def resume(self, path: str | Path) -> None:
+    def resume(self, path: str | Path) -> dict[str, Any]:
+        """Load model, optimizer, scheduler, epoch, history and RNG states from ``path``; returns its metadata."""
         meta = ckpt.restore(path, self.model, self.optimizer, self.scheduler)
         self.epoch = int(meta["epoch"])
         self.history = History(list(meta.get("history", [])))
         if meta.get("rng_state"):
             self.set_rng_state(meta["rng_state"])
+        return meta
+
+    def set_hyper(self, **hyper: Any) -> None:
+        """Replace optimizer hyper-parameters (after a resume); ``lr`` with a scheduler becomes its base rate."""
+        for name, value in hyper.items():
+            if name == "lr" and self.scheduler is not None:
+                self.optimizer.lr = value  # checked like any assignment
+                self.scheduler.base_lr = float(value)
+                self.optimizer.lr = self.scheduler.get_lr()
+            else:
+                setattr(self.optimizer, name, value)
 
     def step(self, xb: Any, yb: Any, step: int) -> tuple[float, Any]:
         """One optimisation step on a batch: forward, loss, backward, update; returns ``(loss, logits)``.
@@ -163,8 +243,16 @@ class Trainer:
         if bar is not None:
             bar.close()
         if self.dp is not None:
-            tally.loss_sum, tally.correct, tally.seen = self.dp.sum([tally.loss_sum, tally.correct, tally.seen])
+            _reduce(tally, self.dp)
         return tally.result()
+
+    def check_weights(self) -> None:
+        """Raise :class:`TrainingDivergedError` naming the first parameter holding NaN or inf."""
+        for ref in self.model.parameters():
+            xp = array_api_compat.array_namespace(ref.value)
+            if not bool(xp.all(xp.isfinite(ref.value))):
+                raise TrainingDivergedError(f"parameter {ref.name} holds NaN or inf after epoch {self.epoch + 1} "
+                                            f"(lr {self.optimizer.lr:g}); lower the learning rate")
 
 
 class Tally:
@@ -192,6 +280,12 @@ class Tally:
         return {"loss": f"{r['loss']:.4f}", "acc": f"{r['accuracy']:.4f}"}
 
 
+def _reduce(tally: Tally, dp: Any) -> None:
+    """Data-parallel: replace this rank's tally by the sums over all ranks."""
+    loss_sum, correct, seen = dp.sum([tally.loss_sum, tally.correct, tally.seen])
+    tally.loss_sum, tally.correct, tally.seen = loss_sum, int(correct), int(seen)
+
+
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     if not enabled:
         return None
@@ -200,27 +294,47 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
+def _check_fit_args(epochs: Any, batch_size: Any, val_split: Any, seed: Any, callbacks: Any) -> None:
+    _positive_int("epochs", epochs)
+    _positive_int("batch_size", batch_size)
+    if val_split is not None:
+        if isinstance(val_split, bool) or not isinstance(val_split, (int, float, np.floating, np.integer)) \
+                or not 0.0 < float(val_split) < 1.0:
+            raise ValueError(f"val_split must be a fraction in (0, 1) (or None for no split), got {val_split!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ValueError(f"seed must be an integer >= 0 or None, got {seed!r}")
+    for cb in callbacks:
+        if not callable(getattr(cb, "on_epoch_end", None)):
+            raise TypeError(f"every callback needs an on_epoch_end(trainer, logs) method; got {type(cb).__name__}")
+
+
 def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple[Any, Any] | None = None,
         val_split: float | None = None, epochs: int = 1, batch_size: int = 128, loss: Any = None,
         scheduler: Any = None, callbacks: Sequence[Callback] = (), seed: int | None = None,
         on_device: bool = False, transform: Any = None, drop_last: bool = False, resume: str | Path | None = None,
-        progress: bool = True, log: Callable[[str], None] | None = print,
-        extra: dict[str, Any] | None = None) -> History:
+        resume_hyper: dict[str, Any] | None = None, progress: bool = True,
+        log: Callable[[str], None] | None = print, extra: dict[str, Any] | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs (in total: a resumed run continues up to that count).
 
-    train: ``(x, y)`` host arrays, x: (N, C, H, W) float, y: (N,) integer labels.
-    val / val_split: validation data, or the fraction of ``train`` held out for it (seeded).
+    train: ``(x, y)`` host arrays, x: (N, C, H, W) float, y: (N,) integer labels in ``0..K-1``.
+    val / val_split: validation data, or the fraction of ``train`` held out for it (seeded); it gives
+        the per-epoch ``val_loss`` / ``val_accuracy`` that callbacks select on.  Keep the test set out.
     scheduler: an LR schedule stepped once per epoch.  callbacks: see :class:`Callback`.
-    seed: fixes the shuffling order, the validation split and the global host RNG (dropout), each
+    seed: fixes the shuffling order, the validation split and the model's dropout generator, each
         from its own stream (:func:`xpcnn.backend.seed_stream`).
     on_device: keep the whole data set on the backend's device and slice batches there.
     transform: host-side augmentation of each training batch (see :mod:`xpcnn.datasets.augment`).
     drop_last: skip the last, smaller batch of each epoch (batch norm cannot train on a batch of one).
     resume: a checkpoint written by :class:`ModelCheckpoint` (or ``Trainer.save``) to continue from.
-    Raises :class:`TrainingDivergedError` when the loss becomes NaN or infinite.
+    resume_hyper: optimizer hyper-parameters that replace the checkpoint's after resuming
+        (``{"lr": 1e-4, "weight_decay": 0.0}``; ``lr`` with a scheduler is its new base rate).
+    Raises :class:`TrainingDivergedError` when the training or validation loss, or a weight, becomes
+    NaN or infinite (before the callbacks of that epoch run, so no checkpoint is written from it).
     """
     loss = loss or SoftmaxCrossEntropy()
-    x, y = _as_xy(train)
+    x, y = _as_xy(train, "train")
+    _check_fit_args(epochs, batch_size, val_split, seed, callbacks)
+    check_data(model, x, y, "train")
     dp = distributed.current()  # None unless launched with several ranks (or distributed.init() was called)
     if dp is not None:
         seed = dp.common_seed(seed)
@@ -229,13 +343,15 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
     def stream(purpose: str) -> np.random.Generator | None:
         return None if seed is None else B.seed_stream(seed, purpose)
 
-    if seed is not None:
-        B.seed(stream("dropout"))
+    if seed is not None and hasattr(model, "set_rng"):
+        model.set_rng(stream("dropout"))
     if val_split is not None:
         if val is not None:
             raise ValueError("pass either val or val_split, not both")
-        x, y, xv, yv = train_val_split(x, y, val_split, rng=stream("val_split"))
+        x, y, xv, yv = train_val_split(x, y, float(val_split), rng=stream("val_split"))
         val = (xv, yv)
+    if val is not None:
+        check_data(model, *_as_xy(val, "val"), "val")
     make_loader = BatchIterator if dp is None else dp.make_loader
     loader = make_loader(x, y, batch_size, shuffle=True, rng=stream("shuffle"), on_device=on_device,
                          x_dtype=_model_dtype(model), transform=transform, drop_last=drop_last)
@@ -243,6 +359,8 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
     trainer.dp = dp
     if resume is not None:
         trainer.resume(resume)
+        if resume_hyper:
+            trainer.set_hyper(**resume_hyper)
         if log:
             log(f"resumed from {resume} at epoch {trainer.epoch}")
     if dp is not None:  # same configuration, data and state on every rank; rank 0's weights everywhere
@@ -270,8 +388,13 @@ def _train_epochs(trainer: Trainer, epochs: int, val: Any, on_device: bool, prog
         start = time.perf_counter()
         logs: dict[str, float] = {"epoch": trainer.epoch + 1, "lr": optimizer.lr}
         logs.update(trainer.train_epoch(progress))
+        trainer.check_weights()
         if val is not None:
             v = evaluate(model, val, loss, on_device=on_device)
+            if not (math.isfinite(v["loss"])):
+                raise TrainingDivergedError(f"validation loss became {v['loss']} after epoch {trainer.epoch + 1} "
+                                            f"(training loss {logs['loss']:.4g}, lr {optimizer.lr:g}); "
+                                            "lower the learning rate")
             logs.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
         if scheduler is not None:
             scheduler.step()
