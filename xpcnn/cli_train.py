@@ -259,7 +259,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             return _cmd_train(args)
     except BaseException as exc:
         if dp is not None and not isinstance(exc, distributed.CollectiveError):
-            dp.fail(exc)  # the other ranks would wait for this one forever: end them all, with the message
+            # the other ranks would wait for this one forever: end them all, with the message
+            dp.fail(exc, code=getattr(exc, "code", 1), show_traceback=not isinstance(exc, CLIError))
         raise
 
 

@@ -12,6 +12,7 @@ transport of CuPy arrays.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -126,6 +127,7 @@ class MPICommunicator(Communicator):
         sys.stdout.flush()
         sys.stderr.flush()
         self.comm.Abort(code)
+        os._exit(code)  # MPI_Abort may return on this rank before the launcher ends it: run nothing more
 
     def __repr__(self) -> str:
         return f"MPICommunicator(rank={self.rank}, size={self.size})"

@@ -229,13 +229,14 @@ class DataParallel:
         return self.comm.allreduce_floats(values)
 
     # -- failure ---------------------------------------------------------------------------------
-    def fail(self, exc: BaseException) -> None:
-        """Report ``exc`` from this rank and abort every rank (never returns)."""
-        lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        sys.stderr.write("".join(lines))
+    def fail(self, exc: BaseException, code: int = 1, show_traceback: bool = True) -> None:
+        """Report ``exc`` from this rank (with its traceback unless told not to) and abort every rank with
+        exit status ``code`` (MPI_Abort); never returns."""
+        if show_traceback:
+            sys.stderr.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         sys.stderr.write(f"xpcnn: rank {self.rank} of {self.size} failed ({type(exc).__name__}: {exc}); "
                          f"aborting all ranks (MPI_Abort); checkpoints already written are complete\n")
-        self.comm.abort(1)
+        self.comm.abort(code)
 
     def __repr__(self) -> str:
         return f"DataParallel({self.comm!r}, bucket_bytes={self.bucket_bytes})"
