@@ -251,3 +251,16 @@ def test_nccl_ranks_train_the_same_model_as_one_process(tmp_path, monkeypatch):
     with B.using("cupy"):
         single = train_single(tmp_path / "single.npz", args)
     assert rel_err(worker.load(tmp_path / "multi.npz")["state"], single["state"]) <= 1e-12
+
+
+@needs_mpi
+def test_a_cli_error_on_rank_0_ends_every_rank_with_its_exit_code(tmp_path):
+    """Only rank 0 creates the run directory; its refusal (--out not empty) must not leave rank 1 waiting."""
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "something").write_text("x")
+    proc = mpirun(2, ["-m", "xpcnn", "train", "--limit", "40", "--epochs", "1", "--out", str(out)], timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("is not empty") == 1 and "rank 0 of 2 failed" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["something"]
