@@ -174,11 +174,19 @@ def test_without_matplotlib_plots_are_skipped(small_mnist, tmp_path, monkeypatch
 
 
 def test_on_device_run(small_mnist, tmp_path):
-    """--on-device works with the default lenet5 recipe (whose augmentation runs on the host)."""
-    out = tmp_path / "ondev"
-    rc, _, stderr = run_main(train_argv(out, "--on-device", limit=200), small_mnist)
-    assert rc == 0, stderr
-    assert json.loads((out / "metrics.json").read_text())["recipe"]["augment"] == "none"
+    """--on-device keeps the default lenet5 recipe's augmentation (applied on the device) and trains
+    exactly like the host path (same seed: same batches, same numbers)."""
+    runs = {}
+    for name, flags in (("ondev", ("--on-device", "--check-every", "3")), ("host", ())):
+        rc, _, stderr = run_main(train_argv(tmp_path / name, *flags, limit=200), small_mnist)
+        assert rc == 0, stderr
+        runs[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert runs["ondev"]["recipe"]["augment"] == runs["host"]["recipe"]["augment"] != "none"
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    for a, b in zip(runs["ondev"]["epochs"], runs["host"]["epochs"], strict=True):
+        assert [a.get(k) for k in keys] == [b.get(k) for k in keys]
+    assert (runs["ondev"]["test_loss"], runs["ondev"]["test_accuracy"]) == \
+        (runs["host"]["test_loss"], runs["host"]["test_accuracy"])
 
 
 # ------------------------------------------------------------------------------------------- run directories

@@ -117,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_POSITIVE_FLOAT, help="learning rate (default: recipe); applied on --resume too")
     t.add_argument("--weight-decay", type=_NON_NEGATIVE_FLOAT, help="default: 0; applied on --resume too")
     t.add_argument("--schedule", choices=SCHEDULES, help="LR schedule, stepped per epoch (default: recipe)")
-    t.add_argument("--augment", type=_augment_spec, help=f"host-side augmentation (default: recipe): "
+    t.add_argument("--augment", type=_augment_spec, help=f"augmentation, drawn on the host and applied where "
+                   f"the data is (default: recipe): "
                    f"{augment.SPEC_HELP}")
     t.add_argument("--val-split", type=_FRACTION, help="fraction of the training set held out for per-epoch "
                    "validation, drawn from the seed; 0 trains on everything (default: 0.1)")
@@ -130,7 +131,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--monitor", choices=["val_loss", "val_accuracy"], default="val_loss",
                    help="validation metric for --early-stop and --save-best (default: val_loss)")
     t.add_argument("--backend", help="backend spec, overrides $XPCNN_BACKEND (numpy, cupy, cupy:1, torch, ...)")
-    t.add_argument("--on-device", action="store_true", help="keep the whole data set on the device")
+    t.add_argument("--on-device", action="store_true",
+                   help="keep the whole data set on the device (batches and augmentation made there)")
+    t.add_argument("--check-every", type=_POSITIVE_INT, default=50, metavar="K",
+                   help="read the loss from the device every K steps (divergence check, progress; default 50)")
     t.add_argument("--out", help="a new (or empty) run directory (default: runs/<model>-<dataset>-<time>)")
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue that run (same model, data, seed, split) "
                    "up to --epochs, in a new run directory")

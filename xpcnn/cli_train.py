@@ -150,12 +150,6 @@ def prepare(args: argparse.Namespace) -> Plan:
         flag = "--early-stop" if args.early_stop else "--save-best"
         raise CLIError(f"{flag} selects on the validation split, but --val-split is 0; give a split "
                        "(e.g. --val-split 0.1); the test set is never used for selection")
-    aug = recipe.augment
-    if args.on_device and aug != "none":
-        if args.augment is not None:
-            raise CLIError(f"--augment {aug} runs on the host and cannot be combined with --on-device")
-        print(f"--on-device: the host-side augmentation {aug!r} of the {run['model']} recipe is off")
-        recipe = recipe.replace(augment="none")
     ds = cli_common.load_data(run["dataset"], args.data_dir)
     train_xy, val, test, stats = _split_and_normalize(ds, recipe, run)
     num_classes = max(10, int(max(train_xy[1].max(), test[1].max())) + 1) if run["dataset"] == "npz" else 10
@@ -212,7 +206,8 @@ def run(plan: Plan) -> int:
     history = train.fit(plan.model, plan.optimizer, plan.train, val=plan.val, epochs=recipe.epochs,
                         batch_size=recipe.batch_size, scheduler=plan.scheduler, callbacks=callbacks,
                         seed=plan.run["seed"], on_device=args.on_device, transform=plan.transform,
-                        resume=args.resume, resume_hyper=plan.resume_hyper, progress=progress, extra=extra)
+                        resume=args.resume, resume_hyper=plan.resume_hyper, progress=progress, extra=extra,
+                        check_every=getattr(args, "check_every", 50))
     evaluated_epoch = int(history.epochs[-1]["epoch"]) if history.epochs else plan.resumed_epoch
     if stopper is not None and stopper.stopped_epoch is not None and stopper.best_state is not None:
         evaluated_epoch = stopper.best_epoch or evaluated_epoch
@@ -282,4 +277,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"writing the run failed: {exc}; {where}", EXIT_FAILURE) from None
         if isinstance(exc, (KeyboardInterrupt, cli_common.Terminated)):
             raise type(exc)(where + ("" if removed else " (continue with --resume)")) from None
+        if isinstance(exc, CLIError):
+            raise
+        if isinstance(exc, Exception):  # anything else that stops a run once it has started is a failed run
+            raise CLIError(f"training failed: {type(exc).__name__}: {exc}; {where}", EXIT_FAILURE) from None
         raise

@@ -34,10 +34,12 @@ import numpy as np
 from . import backend as B
 from . import checkpoint as ckpt
 from . import distributed
+from . import functional as F
 from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint
 from .datasets.loader import BatchIterator
 from .datasets.preprocess import train_val_split
-from .losses import SoftmaxCrossEntropy
+from .layers.mask_bank import MaskBank
+from .losses import SoftmaxCrossEntropy, labels_prevalidated
 from .model import Sequential
 
 __all__ = ["Callback", "CSVLogger", "EarlyStopping", "History", "ModelCheckpoint", "Tally", "Trainer",
@@ -124,27 +126,40 @@ def evaluate_with_predictions(model: Sequential, data: tuple[Any, Any], loss: An
     Data-parallel (:mod:`xpcnn.distributed`): every rank calls it; each evaluates a contiguous part and
     every rank gets the reduced metrics and all predictions.
     """
+    dp = distributed.current()
+    if dp is not None:
+        x, y = _as_xy(data)
+        check_data(model, x, y, "evaluation")
+        return dp.evaluate(x, y, lambda part: _evaluate_here(model, part, loss, batch_size, on_device))
+    return _evaluate_here(model, data, loss, batch_size, on_device)
+
+
+def _evaluate_here(model: Sequential, data: tuple[Any, Any], loss: Any, batch_size: int,
+                   on_device: bool) -> tuple[dict[str, float], np.ndarray]:
     loss = loss or SoftmaxCrossEntropy()
     x, y = _as_xy(data)
     check_data(model, x, y, "evaluation")
-    batch_size = _positive_int("batch_size", batch_size)
-    dp = distributed.current()
-    if dp is not None:
-        start, stop = dp.eval_rows(x.shape[0])
-        x, y = x[start:stop], y[start:stop]
-    batches: Any = [] if x.shape[0] == 0 else \
-        BatchIterator(x, y, batch_size, shuffle=False, on_device=on_device, x_dtype=_model_dtype(model))
-    tally = Tally()
+    batches = BatchIterator(x, y, _positive_int("batch_size", batch_size), shuffle=False, on_device=on_device,
+                            x_dtype=_model_dtype(model))
+    tally = Tally(check_every=None)
     predictions = []
-    for xb, yb in batches:
-        out = model.forward(xb, train=False)
-        tally.add(float(loss.forward(out, yb)), out, yb)
-        xp = array_api_compat.array_namespace(out)
-        predictions.append(B.to_numpy(xp.argmax(out, axis=1)))
-    if dp is not None:
-        _reduce(tally, dp)
-        predictions = [p for part in dp.comm.allgather_object(predictions) for p in part]
-    return tally.result(), np.concatenate(predictions).astype(np.int64)
+    # labels checked on the host above; sums and predictions stay on the device until the end
+    with B.device_scope(batches.backend), labels_prevalidated(loss):
+        for xb, yb in batches:
+            out = model.forward(xb, train=False)
+            _check_label_range(batches, out)
+            tally.add(loss.forward(out, yb), out, yb)
+            xp = array_api_compat.array_namespace(out)
+            predictions.append(xp.argmax(out, axis=1))
+        result = tally.result()
+        joined = predictions[0] if len(predictions) == 1 else xp.concat(predictions, axis=0)
+        return result, np.asarray(B.to_numpy(joined)).astype(np.int64)
+
+
+def _check_label_range(loader: BatchIterator, logits: Any) -> None:
+    """The loader's labels (range read on the host) against the model's classes (a shape: no device read)."""
+    if loader.label_range is not None and getattr(logits, "ndim", 0) == 2:
+        F.check_label_range(*loader.label_range, int(logits.shape[1]))
 
 
 def _model_dtype(model: Sequential) -> str:
@@ -162,9 +177,11 @@ class Trainer:
     """The state of one training run; :func:`fit` is the usual entry point."""
 
     def __init__(self, model: Sequential, optimizer: Any, loss: Any, train: BatchIterator, scheduler: Any = None,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None, check_every: int | None = 50) -> None:
         self.model, self.optimizer, self.loss, self.train = model, optimizer, loss, train
         self.scheduler, self.extra = scheduler, extra or {}
+        #: read the loss tally (divergence check, progress) every this many steps; None: once per epoch
+        self.check_every = check_every
         self.history = History()
         self.epoch = 0
         #: the data-parallel hooks (:class:`xpcnn.distributed.DataParallel`), None in a single process
@@ -208,18 +225,17 @@ class Trainer:
             else:
                 setattr(self.optimizer, name, value)
 
-    def step(self, xb: Any, yb: Any, step: int) -> tuple[float, Any]:
+    def step(self, xb: Any, yb: Any, step: int) -> tuple[Any, Any]:
         """One optimisation step on a batch: forward, loss, backward, update; returns ``(loss, logits)``.
 
-        xb: (B, C, H, W) on the backend, yb: (B,) integer labels.  ``step`` (1-based, within the
-        epoch) only names the place in the divergence error.
+        xb: (B, C, H, W) on the backend, yb: (B,) integer labels.  ``loss`` is a 0-d array on the
+        device, not read here (no host sync): :class:`Tally` checks it every ``check_every`` steps.
+        ``step`` (1-based, within the epoch) is kept for the divergence error.
         """
         out = self.model.forward(xb, train=True)
-        loss = float(self.loss.forward(out, yb))
-        if not math.isfinite(loss):
-            raise TrainingDivergedError(
-                f"loss became {loss} at epoch {self.epoch + 1}, step {step} of {len(self.train)} "
-                f"(lr {self.optimizer.lr:g}); lower the learning rate or check the inputs for NaN/inf")
+        if step == 1:
+            _check_label_range(self.train, out)  # before the first update: host integers only
+        loss = self.loss.forward(out, yb)
         dout = self.loss.backward()
         if self.dp is not None:  # this rank's share of the global batch's mean; gradients summed over ranks
             dout = self.dp.scale_loss_grad(dout)
@@ -231,20 +247,35 @@ class Trainer:
 
     def train_epoch(self, progress: bool) -> dict[str, float]:
         """One pass over the training batches; returns mean loss and accuracy over the epoch."""
-        tally = Tally()
+        tally = Tally(self.check_every, self._diverged)
         bar = _progress(len(self.train), f"epoch {self.epoch + 1}", progress)
-        for step, (xb, yb) in enumerate(self.train, start=1):
-            loss, out = self.step(xb, yb, step)
-            tally.add(loss, out, yb)
-            if bar is not None:
-                bar.update(1)
-                if step % 20 == 0 or step == len(self.train):
-                    bar.set_postfix(**tally.postfix())
+        banks = _mask_banks(self.model)
+        for bank in banks:  # dropout masks of the whole epoch: one host-to-device copy per layer
+            bank.plan(self.train.samples_per_epoch)
+        # the chosen GPU current (cupy:N); the labels' range was read on the host
+        try:
+            with B.device_scope(self.train.backend), labels_prevalidated(self.loss):
+                for step, (xb, yb) in enumerate(self.train, start=1):
+                    loss, out = self.step(xb, yb, step)
+                    if tally.add(loss, out, yb, step) and bar is not None:
+                        bar.set_postfix(**tally.postfix())  # only when the tally was read anyway
+                    if bar is not None:
+                        bar.update(1)
+                if self.dp is not None:
+                    self.dp.reduce_tally(tally)
+                result = tally.result()
+        finally:
+            for bank in banks:
+                bank.plan(0)
         if bar is not None:
             bar.close()
-        if self.dp is not None:
-            _reduce(tally, self.dp)
-        return tally.result()
+        return result
+
+    def _diverged(self, value: float, step: int, first: int, last: int) -> TrainingDivergedError:
+        return TrainingDivergedError(
+            f"loss became {value} at epoch {self.epoch + 1}, step {step} of {len(self.train)} "
+            f"(lr {self.optimizer.lr:g}), found when steps {first}-{last} were checked; "
+            "lower the learning rate or check the inputs for NaN/inf")
 
     def check_weights(self) -> None:
         """Raise :class:`TrainingDivergedError` naming the first parameter holding NaN or inf."""
@@ -256,34 +287,86 @@ class Trainer:
 
 
 class Tally:
-    """Running loss and accuracy over an epoch: the one place batch results are summed.
+    """Running loss and accuracy over an epoch, kept on the device: the one place batch results are summed.
 
-    ``add(loss, logits, labels)`` with loss the batch mean, logits (B, K), labels (B,);
-    ``result()`` gives the sample-weighted means ``{"loss": ..., "accuracy": ...}``.
+    ``add(loss, logits, labels, step)`` with ``loss`` the batch mean (a 0-d array), logits (B, K),
+    labels (B,): device operations only.  Every ``check_every`` steps (None: only at the end) the
+    running loss sum is read once and, if it is not finite, the steps since the previous check are
+    read one by one to name the first bad one (``diverged(value, step, first, last)`` builds the
+    error).  ``result()`` reads the sums once: ``{"loss": ..., "accuracy": ...}`` (sample-weighted).
     """
 
-    def __init__(self) -> None:
-        self.loss_sum, self.correct, self.seen = 0.0, 0, 0
+    def __init__(self, check_every: int | None = 50,
+                 diverged: Callable[[float, int, int, int], Exception] | None = None) -> None:
+        if check_every is not None and (isinstance(check_every, bool) or int(check_every) < 1):
+            raise ValueError(f"check_every must be an integer >= 1 or None, got {check_every!r}")
+        self.check_every = None if check_every is None else int(check_every)
+        self.diverged = diverged
+        self.loss_sum: Any = None
+        self.correct: Any = None
+        self.seen = 0
+        self._pending: list[tuple[int, Any]] = []
+        self._read: dict[str, float] = {}
+        self._wide: bool | None = None
 
-    def add(self, loss: float, logits: Any, labels: Any) -> None:
+    def add(self, loss: Any, logits: Any, labels: Any, step: int = 0) -> bool:
+        """Sum one batch on the device; returns True when this call read the tally (a check)."""
         xp = array_api_compat.array_namespace(logits)
         n = int(labels.shape[0])
-        self.loss_sum += loss * n
-        self.correct += int(xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64)))
+        if self._wide is None:  # sum in float64 where the device has it (asked once)
+            self._wide = _has_float64(xp, loss)
+        weighted = (xp.astype(loss, xp.float64) if self._wide else loss) * float(n)
+        hits = xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
+        self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
+        self.correct = hits if self.correct is None else self.correct + hits
         self.seen += n
+        if self.diverged is not None:
+            self._pending.append((step, loss))
+        if self.check_every is not None and len(self._pending) >= self.check_every:
+            self.check()
+            return True
+        return False
+
+    def check(self) -> None:
+        """Read the running loss sum (one device-to-host copy); raise if a pending step diverged."""
+        if self.loss_sum is None:
+            return
+        total = float(B.to_numpy(self.loss_sum))
+        self._read = {"loss": total / self.seen}
+        if not math.isfinite(total) and self.diverged is not None and self._pending:
+            first, last = self._pending[0][0], self._pending[-1][0]
+            for step, loss in self._pending:  # the failure path only: read the pending steps
+                value = float(B.to_numpy(loss))
+                if not math.isfinite(value):
+                    raise self.diverged(value, step, first, last)
+            raise self.diverged(total, last, first, last)  # finite steps whose sum overflowed
+        self._pending.clear()
 
     def result(self) -> dict[str, float]:
-        return {"loss": self.loss_sum / self.seen, "accuracy": self.correct / self.seen}
+        self.check()
+        correct = int(B.to_numpy(self.correct)) if self.correct is not None else 0
+        return {"loss": self._read.get("loss", math.nan), "accuracy": correct / max(self.seen, 1)}
 
     def postfix(self) -> dict[str, str]:
-        r = self.result()
-        return {"loss": f"{r['loss']:.4f}", "acc": f"{r['accuracy']:.4f}"}
+        return {"loss": f"{self._read.get('loss', math.nan):.4f}"}
 
 
-def _reduce(tally: Tally, dp: Any) -> None:
-    """Data-parallel: replace this rank's tally by the sums over all ranks."""
-    loss_sum, correct, seen = dp.sum([tally.loss_sum, tally.correct, tally.seen])
-    tally.loss_sum, tally.correct, tally.seen = loss_sum, int(correct), int(seen)
+def _mask_banks(layer: Any) -> list[Any]:
+    """The dropout mask banks of ``layer`` and of the layers it holds (Sequential, nested blocks)."""
+    banks = [layer.masks] if isinstance(getattr(layer, "masks", None), MaskBank) else []
+    children = layer if isinstance(layer, Sequential) else getattr(layer, "layers", ())
+    for child in children:
+        banks += _mask_banks(child)
+    return banks
+
+
+def _has_float64(xp: Any, x: Any) -> bool:
+    """``x``'s device supports float64 (CPU, CUDA; not array-api-strict's ``no_float64`` device)."""
+    try:
+        return "float64" in xp.__array_namespace_info__().dtypes(device=array_api_compat.device(x),
+                                                                 kind="real floating")
+    except (AttributeError, TypeError):  # a namespace without the inspection API
+        return True
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -313,7 +396,8 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
         scheduler: Any = None, callbacks: Sequence[Callback] = (), seed: int | None = None,
         on_device: bool = False, transform: Any = None, drop_last: bool = False, resume: str | Path | None = None,
         resume_hyper: dict[str, Any] | None = None, progress: bool = True,
-        log: Callable[[str], None] | None = print, extra: dict[str, Any] | None = None) -> History:
+        log: Callable[[str], None] | None = print, extra: dict[str, Any] | None = None,
+        check_every: int | None = 50) -> History:
     """Train ``model`` for ``epochs`` epochs (in total: a resumed run continues up to that count).
 
     train: ``(x, y)`` host arrays, x: (N, C, H, W) float, y: (N,) integer labels in ``0..K-1``.
@@ -322,14 +406,19 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
     scheduler: an LR schedule stepped once per epoch.  callbacks: see :class:`Callback`.
     seed: fixes the shuffling order, the validation split and the model's dropout generator, each
         from its own stream (:func:`xpcnn.backend.seed_stream`).
-    on_device: keep the whole data set on the backend's device and slice batches there.
-    transform: host-side augmentation of each training batch (see :mod:`xpcnn.datasets.augment`).
+    on_device: keep the whole data set on the backend's device and slice batches there (and augment
+        there: the epoch's augmentation parameters are drawn on the host and copied once).
+    transform: augmentation of each training batch (see :mod:`xpcnn.datasets.augment`).
     drop_last: skip the last, smaller batch of each epoch (batch norm cannot train on a batch of one).
     resume: a checkpoint written by :class:`ModelCheckpoint` (or ``Trainer.save``) to continue from.
     resume_hyper: optimizer hyper-parameters that replace the checkpoint's after resuming
         (``{"lr": 1e-4, "weight_decay": 0.0}``; ``lr`` with a scheduler is its new base rate).
+    check_every: read the device's loss tally every this many steps (divergence check, progress bar);
+        None reads it once per epoch.  Nothing else is read from the device during an epoch: labels
+        are checked once on the host, loss and accuracy are summed on the device.
     Raises :class:`TrainingDivergedError` when the training or validation loss, or a weight, becomes
-    NaN or infinite (before the callbacks of that epoch run, so no checkpoint is written from it).
+    NaN or infinite (before the callbacks of that epoch run, so no checkpoint is written from it); a
+    training loss at the next check, naming the first bad step and the checked range.
     """
     loss = loss or SoftmaxCrossEntropy()
     x, y = _as_xy(train, "train")
@@ -355,7 +444,7 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
     make_loader = BatchIterator if dp is None else dp.make_loader
     loader = make_loader(x, y, batch_size, shuffle=True, rng=stream("shuffle"), on_device=on_device,
                          x_dtype=_model_dtype(model), transform=transform, drop_last=drop_last)
-    trainer = Trainer(model, optimizer, loss, loader, scheduler, extra)
+    trainer = Trainer(model, optimizer, loss, loader, scheduler, extra, check_every)
     trainer.dp = dp
     if resume is not None:
         trainer.resume(resume)

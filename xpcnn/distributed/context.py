@@ -138,6 +138,25 @@ class DataParallel:
         """This rank's contiguous part ``[start, stop)`` of an evaluation set of ``n`` samples."""
         return shard_bounds(n, self.rank, self.size)
 
+    def evaluate(self, x: Any, y: Any, run: Any) -> tuple[dict[str, float], np.ndarray]:
+        """Sharded evaluation: ``run((x_part, y_part)) -> (metrics, predictions)`` on this rank's rows; returns
+        the metrics over all of ``x: (N, ...)`` (sample-weighted sums over ranks) and all N predictions."""
+        n = int(x.shape[0])
+        start, stop = self.eval_rows(n)
+        rows = stop - start
+        metrics, predictions = run((x[start:stop], y[start:stop])) if rows else \
+            ({"loss": 0.0, "accuracy": 0.0}, np.zeros(0, np.int64))
+        loss_sum, correct = self.sum([metrics["loss"] * rows, round(metrics["accuracy"] * rows)])
+        parts = self.comm.allgather_object(np.asarray(predictions))
+        return {"loss": loss_sum / n, "accuracy": correct / n}, np.concatenate(parts).astype(np.int64)
+
+    def reduce_tally(self, tally: Any) -> None:
+        """Replace an epoch's :class:`xpcnn.train.Tally` sums (loss, correct, seen) by their sums over ranks."""
+        loss_sum = 0.0 if tally.loss_sum is None else float(B.to_numpy(tally.loss_sum))
+        correct = 0 if tally.correct is None else int(B.to_numpy(tally.correct))
+        total, hits, seen = self.sum([loss_sum, correct, tally.seen])
+        tally.loss_sum, tally.correct, tally.seen = np.asarray(total), np.asarray(int(hits)), int(seen)
+
     # -- consistency -----------------------------------------------------------------------------
     def check_same(self, items: dict[str, Any]) -> None:
         """Raise :class:`CollectiveError` on every rank unless all ranks pass equal ``items`` (compared by hash)."""
@@ -190,6 +209,10 @@ class DataParallel:
                 undo.append((layer, "sync", layer.sync))
                 layer.sync = SyncBatchNorm(self.comm_for(ref), global_rows=self._global_rows)
             elif isinstance(layer, Dropout):
+                bank = getattr(layer, "masks", None)
+                if bank is not None and hasattr(bank, "shard"):  # an epoch's masks: global rows, ours sliced
+                    undo.append((bank, "shard", bank.shard))
+                    bank.shard = lambda: self.shard
                 if layer.rng is not None:
                     own = layer.rng
                     undo.append((layer, "rng", own))

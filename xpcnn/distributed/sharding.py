@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend as B
+from ..datasets import augment
 from ..datasets.loader import BatchIterator
 
 __all__ = ["Shard", "ShardedBatchIterator", "ShardedGenerator", "shard_bounds"]
@@ -79,11 +80,16 @@ class ShardedBatchIterator(BatchIterator):
     def _device_batches(self, order: np.ndarray) -> Iterator[tuple[Any, Any]]:
         xp = self.backend.xp
         order_dev = B.asarray(order.astype(np.int64), backend=self.backend)
+        params = self._epoch_params()  # the whole epoch's augmentation draws, as one process makes them
         for start, stop in self._bounds():
             a, b = shard_bounds(stop - start, self.rank, self.size)
             idx = order_dev[start + a:start + b]
+            xb = xp.take(self._x_dev, idx, axis=0)
+            if params is not None:  # our rows' parameters
+                with B.device_scope(self.backend):
+                    xb = self.transform.apply(xb, augment.slice_params(params, start + a, start + b))
             self.shard = Shard(a, b, stop - start)
-            yield xp.take(self._x_dev, idx, axis=0), xp.take(self._y_dev, idx, axis=0)
+            yield xb, xp.take(self._y_dev, idx, axis=0)
 
     def __repr__(self) -> str:
         return f"Sharded{super().__repr__()[:-1]}, rank={self.rank}, size={self.size})"
@@ -107,6 +113,11 @@ class ShardedGenerator:
         if dims and s.total and dims[0] == s.rows:
             return base.random((s.total, *dims[1:]), dtype=dtype)[s.start:s.stop]
         return base.random(shape, dtype=dtype)
+
+    @property
+    def unwrapped(self) -> Any:
+        """The wrapped generator itself (for draws that are not per-batch, such as an epoch's mask bank)."""
+        return self._base()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._base(), name)
