@@ -65,7 +65,8 @@ def test_shard_bounds_partition_the_batch(size):
         assert sizes == sorted(sizes, reverse=True)
 
 
-@pytest.mark.parametrize("on_device, augment", [(False, "none"), (False, "shift2,flip"), (True, "none")])
+@pytest.mark.parametrize("on_device, augment", [(False, "none"), (False, "shift2,flip"), (True, "none"),
+                                              (True, "shift2,flip")])
 def test_sharded_batches_are_the_rows_of_the_global_batches(on_device, augment):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(24, 1, 6, 6)).astype(np.float32)
@@ -104,6 +105,28 @@ def test_sharded_generator_draws_the_global_rows():
         pieces.append(sharded.random((b - a, 3, 2)))
         assert gen.bit_generator.state == _after_draw(7, (10, 3, 2))  # the whole global draw was consumed
     np.testing.assert_array_equal(np.concatenate(pieces), whole)
+
+
+def test_an_epochs_mask_bank_gives_each_rank_its_rows_of_the_global_masks():
+    """Dropout masks drawn for a whole epoch (MaskBank): with a shard set, each rank gets its rows of the
+    masks one process gets, batch by batch (global batches 7, 7, 6 over 3 ranks)."""
+    from xpcnn.layers.mask_bank import MaskBank
+
+    feats, batches = (3, 2), [7, 7, 6]
+    single, rng = MaskBank(), np.random.default_rng(4)
+    single.plan(sum(batches))
+    expected = [np.asarray(single.take(np.zeros((n, *feats)), 0.5, rng)) for n in batches]
+    for r in range(3):
+        bank, gen = MaskBank(), np.random.default_rng(4)
+        current = Shard()
+        bank.shard = lambda: current
+        sharded = ShardedGenerator(lambda gen=gen: gen, lambda: current)
+        bank.plan(sum(batches))
+        for n, want in zip(batches, expected):
+            a, b = shard_bounds(n, r, 3)
+            current = Shard(a, b, n)
+            got = np.asarray(bank.take(np.zeros((b - a, *feats)), 0.5, sharded))
+            np.testing.assert_array_equal(got, want[a:b])
 
 
 def _after_draw(seed, shape):
