@@ -265,3 +265,13 @@ def test_summary_lists_nested_layers(backend):
     assert any(line.startswith("  shortcut: Sequential") and "(N, 6, 4, 4)" in line for line in lines)
     assert any(line.startswith("    Conv2D(4, 6, (1, 1), stride=(2, 2)") for line in lines)
     assert lines[-1].split()[-1] == f"{_resnet().num_params():,}"
+
+
+def test_empty_and_nested_empty_sequential(backend, rng):
+    """No layers: no parameters, identity forward and backward, and it still round-trips through its config."""
+    model = Sequential(Sequential(), ReLU())
+    assert model.parameters() == [] and model.state_dict() == {} and model.num_params() == 0
+    x = B.asarray(rng.standard_normal((2, 3)))
+    np.testing.assert_array_equal(B.to_numpy(model.forward(x, train=True)), np.maximum(B.to_numpy(x), 0))
+    rebuilt = Sequential.from_config(json.loads(json.dumps(model.config())))
+    assert rebuilt.config() == model.config() and len(rebuilt[0]) == 0

@@ -101,11 +101,7 @@ class Layer(abc.ABC):
 
     def named_leaves(self) -> list[tuple[str, Layer]]:
         """Every leaf layer at or below this one with its dotted name (``""`` for a leaf itself, ``"3.body.0"``)."""
-        children = self.children()
-        if not children:
-            return [("", self)]
-        return [(f"{name}.{sub}" if sub else name, leaf)
-                for name, child in children for sub, leaf in child.named_leaves()]
+        return [("", self)]  # composites override this with their children's leaves
 
     def parameters(self) -> list[ParamRef]:
         """A :class:`~xpcnn.parameter.ParamRef` per trainable array, named ``"<leaf path>.<key>"`` (``"3.body.0.W"``).

@@ -34,6 +34,11 @@ class Composite(Layer):
     def children(self) -> list[tuple[str, Layer]]:
         """The named child layers, in forward order."""
 
+    def named_leaves(self) -> list[tuple[str, Layer]]:
+        """The leaf layers below this one, with dotted names (an empty composite has none)."""
+        return [(f"{name}.{sub}" if sub else name, leaf)
+                for name, child in self.children() for sub, leaf in child.named_leaves()]
+
     @abc.abstractmethod
     def _hand_down_input_grad(self, need: bool) -> None:
         """Set ``need_input_grad`` on the children that see this layer's input."""
@@ -88,9 +93,6 @@ class Composite(Layer):
 
     def rng_state(self) -> dict[str, Any] | None:
         return None  # the leaves' generators are saved by the outermost model, by their dotted names
-
-    def _check_input(self, x: Any, ndim: int | tuple[int, ...], layout: str) -> None:  # pragma: no cover
-        raise NotImplementedError("a composite's children validate its input")
 
     def __repr__(self) -> str:
         inner = ",\n".join(f"{name}={child!r}" if not name.isdigit() else repr(child)
