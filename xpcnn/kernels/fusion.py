@@ -8,7 +8,8 @@ crosses a composite's boundary is never fused (it runs layer by layer).  The uni
 in one pass per block of samples; elsewhere its reference runs the three ops one after another
 (each through the seam), so any backend works.
 
-A layer whose ``forward`` or ``backward`` was replaced on the instance (a probe, a hook) is never fused.
+A grouped convolution, or a layer whose ``forward`` or ``backward`` was replaced on the instance (a probe,
+a hook), is never fused.
 Nothing about the model changes: the unit writes the Conv2D's ``grads["W"]``/``grads["b"]`` exactly
 where the layer would, parameters stay in the layers, ``config()``/``state_dict()``/checkpoints are
 untouched.  Fusion is skipped in kernel mode ``reference`` (the reference runs the model's layers
@@ -137,7 +138,7 @@ def plan(layers: Sequence[Any]) -> list[Any]:
     while i < len(layers):
         a = layers[i:i + 3]
         if (len(a) == 3 and type(a[0]) is Conv2D and type(a[1]) is ReLU and type(a[2]) is MaxPool2D
-                and not any(map(_patched, a))):
+                and getattr(a[0], "groups", 1) == 1 and not any(map(_patched, a))):
             units.append(FusedConvReluPool(*a))
             i += 3
         else:
