@@ -128,3 +128,29 @@ def test_layers_with_replaced_methods_are_not_fused():
         assert calls == [(2, 6, 28, 28)]
         assert [type(u).__name__ for u in fusion.forward_units(model)][:4] == ["Conv2D", "ReLU", "MaxPool2D",
                                                                               "FusedConvReluPool"]
+
+
+def test_nested_sequentials_fuse_inside_and_never_across_their_boundary():
+    """A nested Sequential plans its own children; a pattern split by a boundary runs layer by layer."""
+    inner_full = Sequential(L.Conv2D(1, 4, 3, padding=1, rng=0), L.ReLU(), L.MaxPool2D(2))
+    split = Sequential(L.Conv2D(4, 4, 3, padding=1, rng=1), L.ReLU())  # the pool is outside
+    model = Sequential(inner_full, split, L.MaxPool2D(2), L.Flatten(), L.Dense(4 * 7 * 7, 3, rng=2))
+    grouped = Sequential(L.Conv2D(4, 4, 3, padding=1, groups=2, rng=3), L.ReLU(), L.MaxPool2D(2))
+    with kernels.using_kernels("auto"), fusion.using_fusion(True):
+        assert [type(u).__name__ for u in fusion.forward_units(inner_full)] == ["FusedConvReluPool"]
+        assert [type(u).__name__ for u in fusion.forward_units(split)] == ["Conv2D", "ReLU"]
+        assert [type(u).__name__ for u in fusion.forward_units(model)] == ["Sequential", "Sequential", "MaxPool2D",
+                                                                          "Flatten", "Dense"]
+        assert [type(u).__name__ for u in fusion.forward_units(grouped)] == ["Conv2D", "ReLU", "MaxPool2D"]
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 1, 28, 28)).astype(np.float32)
+    dout = rng.standard_normal((5, 3)).astype(np.float32)
+    results = []
+    for fused in (True, False):
+        with fusion.using_fusion(fused):
+            y = model.forward(x, train=True)
+            model.backward(dout)
+            results.append((y, {r.name: np.array(r.grad) for r in model.parameters()}))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=0, atol=1e-6 * float(np.abs(results[1][0]).max()))
+    for key, g in results[1][1].items():
+        np.testing.assert_allclose(results[0][1][key], g, rtol=0, atol=1e-5 * float(np.abs(g).max()), err_msg=key)
