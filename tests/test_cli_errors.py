@@ -264,6 +264,8 @@ def test_resume_errors(ckpt, small_mnist, tmp_path):
         ([str(ckpt)], ["--model", "simple"], ["trained with --model lenet5, this run asks for --model simple"]),
         ([str(ckpt)], ["--optimizer", "sgd"], ["trained with --optimizer adam, this run asks for --optimizer sgd"]),
         ([str(ckpt)], ["--seed", "1"], ["trained with --seed 0, this run asks for --seed 1"]),
+        ([str(ckpt)], ["--dataset", "fashion-mnist"], ["trained with --dataset mnist, this run asks for --dataset "
+                                                       "fashion-mnist"]),
         ([str(ckpt)], ["--val-split", "0.2"], ["trained with --val-split 0.1, this run asks for --val-split 0.2"]),
         ([str(ckpt)], ["--limit", "200"], ["trained with --limit 300, this run asks for --limit 200"]),
         ([str(ckpt)], ["--batch-size", "32"], ["--batch-size 64", "a resumed run keeps it"]),
@@ -376,11 +378,23 @@ def test_sigterm_exits_143_and_the_checkpoint_survives(tmp_path):
     assert not list(out.glob(".*.tmp"))
 
 
-def test_internal_errors_are_one_line_too(small_mnist, tmp_path, monkeypatch):
+def test_unexpected_errors_during_training_are_one_line_exit_1(small_mnist, tmp_path, monkeypatch):
     def bug(*args, **kwargs):
         raise ZeroDivisionError("a bug\nover two lines")
 
     monkeypatch.setattr(train, "fit", bug)
     rc, _, stderr = run_main(train_argv(tmp_path / "bug", limit=100), small_mnist)
-    assert_one_line_error(rc, stderr, 1, "internal error: ZeroDivisionError: a bug; over two lines")
+    assert_one_line_error(rc, stderr, 1, "training failed: ZeroDivisionError: a bug; over two lines",
+                          "nothing was kept")
     assert not (tmp_path / "bug").exists()
+
+
+def test_internal_errors_elsewhere_are_one_line_too(monkeypatch):
+    from xpcnn import cli_info
+
+    def bug():
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli_info, "info", bug)
+    rc, _, stderr = run_main(["info"])
+    assert_one_line_error(rc, stderr, 1, "internal error: ZeroDivisionError: a bug")

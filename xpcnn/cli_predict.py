@@ -126,9 +126,12 @@ def read_images(path: Path) -> np.ndarray:
     if images.ndim not in (3, 4) or images.shape[0] == 0:
         raise CLIError(f"{path}: expected images of shape (H, W), (N, H, W) or (N, C, H, W), got {images.shape}")
     if images.dtype.kind == "f":
-        if not np.isfinite(images).all() or images.min() < 0.0 or images.max() > 1.0:
+        finite = np.isfinite(images)
+        if not finite.all() or images.min() < 0.0 or images.max() > 1.0:
+            got = (f"{images.size - int(finite.sum())} NaN or infinite values" if not finite.all()
+                   else f"values in [{images.min():g}, {images.max():g}]")
             raise CLIError(f"{path}: floating images must hold finite pixel values in [0, 1] (uint8 images are "
-                           f"scaled by 1/255); got values in [{np.nanmin(images):g}, {np.nanmax(images):g}]")
+                           f"scaled by 1/255); got {got}")
     elif images.dtype != np.uint8:
         raise CLIError(f"{path}: expected uint8 or floating images, got dtype {images.dtype}")
     return images

@@ -244,4 +244,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"writing the run failed: {exc}; {where}", EXIT_FAILURE) from None
         if isinstance(exc, (KeyboardInterrupt, cli_common.Terminated)):
             raise type(exc)(where + ("" if removed else " (continue with --resume)")) from None
+        if isinstance(exc, CLIError):
+            raise
+        if isinstance(exc, Exception):  # anything else that stops a run once it has started is a failed run
+            raise CLIError(f"training failed: {type(exc).__name__}: {exc}; {where}", EXIT_FAILURE) from None
         raise
