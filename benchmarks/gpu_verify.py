@@ -11,6 +11,9 @@ calls       host microseconds per CuPy call (elementwise, reduction, matmul, an 
 parity      NumPy vs CuPy per op, forward and backward (relative to the largest reference magnitude:
             float64 <= 1e-12, float32 <= 1e-5 with TF32 off); TF32 reaching the conv GEMM (on: ~1e-3);
             20 LeNet-5 steps (float32 weights within 1e-5); 2 epochs compared by accuracy (0.2 points)
+kernels     the CUDA kernel set against the reference ops (:func:`xpcnn.kernels.cuda.verify.run`:
+            exact or 1e-5, determinism, microseconds per call); the set itself is opt-in
+            (``XPCNN_CUDA_KERNELS=1``), so rerun ``--stages speed,profile`` with it for its speed
 speed       training step and epoch time, xpcnn (CuPy, data on the device) vs PyTorch CUDA eager,
             batch 128 and 1024, medians of interleaved repeats
 profile     CUDA kernel launches and device-to-host copies per training step (torch.profiler/CUPTI
@@ -64,7 +67,7 @@ from xpcnn import layers as XL  # noqa: E402
 from xpcnn import models, optim, train  # noqa: E402
 from xpcnn.losses import SoftmaxCrossEntropy  # noqa: E402
 
-STAGES = ("env", "roofline", "calls", "parity", "speed", "profile", "pytest")
+STAGES = ("env", "roofline", "calls", "parity", "kernels", "speed", "profile", "pytest")
 DEFAULT_OUT = HERE / "results" / "gpu_verify.json"
 #: Tolerances, relative to the largest reference magnitude.
 TOL = {"float64": 1e-12, "float32": 1e-5}
@@ -387,6 +390,21 @@ def stage_parity(ctx: Ctx) -> dict[str, Any]:
     return out
 
 
+# ------------------------------------------------------------------------------------- kernels
+
+def stage_kernels(ctx: Ctx) -> dict[str, Any]:
+    if ctx.dry:
+        raise Skip("dry run: the CUDA set's stage runs dry on its CPU stand-in in tests/test_cuda_verify.py")
+    import cupy
+
+    from xpcnn.kernels.cuda import verify
+
+    B.set_cupy_tf32(False)
+    result = verify.run(cupy)
+    result["xpcnn_cuda_kernels_env"] = os.environ.get("XPCNN_CUDA_KERNELS")
+    return result
+
+
 # --------------------------------------------------------------------------------------- speed
 
 def _torch_device(ctx: Ctx) -> Any:
@@ -560,6 +578,7 @@ def stage_pytest(ctx: Ctx) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "env": stage_env, "roofline": stage_roofline, "calls": stage_calls, "parity": stage_parity,
+    "kernels": stage_kernels,
     "speed": stage_speed, "profile": stage_profile, "pytest": stage_pytest,
 }
 
