@@ -101,16 +101,23 @@ def test_ranks_train_the_same_model_as_one_process_float64(tmp_path, model, rank
 
 @needs_mpi
 @pytest.mark.slow
-@pytest.mark.parametrize("model, ranks, n, batch", [("lenet5", 2, 160, 8), ("bn", 3, 400, 20)])
-def test_ranks_match_one_process_float32_for_up_to_20_steps(tmp_path, model, ranks, n, batch):
+@pytest.mark.parametrize("model, ranks, n, batch, optimizer", [("lenet5", 2, 160, 8, "adam"),
+                                                               ("bn", 3, 200, 10, "momentum")])
+def test_ranks_match_one_process_float32_for_up_to_20_steps(tmp_path, model, ranks, n, batch, optimizer):
     """20 steps in float32: within 1e-5 of one process, and of the order of the float32 rounding floor (how far
-    the one-process float32 run is from the float64 one)."""
-    args = ["--model", model, "--n", str(n), "--batch", str(batch)]
+    the one-process float32 run is from the float64 one).
+
+    The bn net runs with momentum SGD here: under Adam its float32 runs (even one process against
+    itself in float64) differ by ~1e-5 after 10-20 steps, because Adam scales the rounding noise of
+    gradients that cancel to ~0 (the dense layer feeding BatchNorm1D) up to full steps of size lr.
+    Adam with batch norm and dropout is compared in float64 above.
+    """
+    args = ["--model", model, "--n", str(n), "--batch", str(batch), "--optimizer", optimizer]
     single = oracle(tmp_path, [*args, "--dtype", "float32"])
     multi = train_ranks(ranks, tmp_path / "multi.npz", [*args, "--dtype", "float32"])
     single64 = oracle(tmp_path, [*args, "--dtype", "float64"])
     err, floor = model_rel_err(multi["state"], single["state"]), model_rel_err(single["state"], single64["state"])
-    print(f"{model} float32, {ranks} ranks vs 1 process after {n // batch} steps: relative error {err:.2e} (model), "
+    print(f"{model} float32 ({optimizer}), {ranks} ranks vs 1 process after {n // batch} steps: relative error {err:.2e} (model), "
           f"{rel_err(multi['state'], single['state']):.2e} (worst tensor); float32 vs float64: {floor:.2e}")
     assert err <= 1e-5
     assert err <= 5 * floor  # of the order of float32 rounding itself (the ratio was 0.1-2 over seeds 0-2)
