@@ -117,8 +117,9 @@ def test_ranks_match_one_process_float32_for_up_to_20_steps(tmp_path, model, ran
     multi = train_ranks(ranks, tmp_path / "multi.npz", [*args, "--dtype", "float32"])
     single64 = oracle(tmp_path, [*args, "--dtype", "float64"])
     err, floor = model_rel_err(multi["state"], single["state"]), model_rel_err(single["state"], single64["state"])
-    print(f"{model} float32 ({optimizer}), {ranks} ranks vs 1 process after {n // batch} steps: relative error {err:.2e} (model), "
-          f"{rel_err(multi['state'], single['state']):.2e} (worst tensor); float32 vs float64: {floor:.2e}")
+    print(f"{model} float32 ({optimizer}), {ranks} ranks vs 1 process after {n // batch} steps: relative error "
+          f"{err:.2e} (model), {rel_err(multi['state'], single['state']):.2e} (worst tensor); "
+          f"float32 vs float64: {floor:.2e}")
     assert err <= 1e-5
     assert err <= 5 * floor  # of the order of float32 rounding itself (the ratio was 0.1-2 over seeds 0-2)
 
