@@ -121,7 +121,7 @@ def test_ranks_match_one_process_float32_for_up_to_20_steps(tmp_path, model, ran
           f"{err:.2e} (model), {rel_err(multi['state'], single['state']):.2e} (worst tensor); "
           f"float32 vs float64: {floor:.2e}")
     assert err <= 1e-5
-    assert err <= 5 * floor  # of the order of float32 rounding itself (the ratio was 0.1-2 over seeds 0-2)
+    assert err <= 5 * floor  # of the order of the float32 rounding itself
 
 
 @needs_mpi
