@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import io
 import math
 import sys
@@ -153,8 +154,13 @@ def prepare(args: argparse.Namespace) -> Plan:
     ds = cli_common.load_data(run["dataset"], args.data_dir)
     train_xy, val, test, stats = _split_and_normalize(ds, recipe, run)
     num_classes = max(10, int(max(train_xy[1].max(), test[1].max())) + 1) if run["dataset"] == "npz" else 10
+    channels = int(train_xy[0].shape[1])
+    if channels != 1 and "in_channels" not in inspect.signature(models.MODELS[recipe.model]).parameters:
+        raise CLIError(f"{run['dataset']}: the images have {channels} channels, but {recipe.model} takes 1; "
+                       "use resnet8, resnet20 or separable")
     model = models.build(recipe.model, rng=B.seed_stream(run["seed"], "init"),
-                         **({"num_classes": num_classes} if num_classes != 10 else {}))
+                         **({"num_classes": num_classes} if num_classes != 10 else {}),
+                         **({"in_channels": channels} if channels != 1 else {}))
     try:
         train.check_data(model, train_xy[0], train_xy[1], name="train")
         train.check_data(model, test[0], test[1], name="test")

@@ -353,11 +353,8 @@ class Tally:
 
 def _mask_banks(layer: Any) -> list[Any]:
     """The dropout mask banks of ``layer`` and of the layers it holds (Sequential, nested blocks)."""
-    banks = [layer.masks] if isinstance(getattr(layer, "masks", None), MaskBank) else []
-    children = layer if isinstance(layer, Sequential) else getattr(layer, "layers", ())
-    for child in children:
-        banks += _mask_banks(child)
-    return banks
+    leaves = [leaf for _, leaf in layer.named_leaves()] if hasattr(layer, "named_leaves") else [layer]
+    return [leaf.masks for leaf in leaves if isinstance(getattr(leaf, "masks", None), MaskBank)]
 
 
 def _has_float64(xp: Any, x: Any) -> bool:
