@@ -176,8 +176,11 @@ class DataParallel:
         for ref in model.parameters():
             ref.assign(self.comm_for(ref.value).broadcast(ref.value, 0))
         for layer in _walk(model):
-            for key, value in getattr(layer, "buffers", {}).items():
-                layer.buffers[key] = self.comm_for(value).broadcast(value, 0)
+            buffers = getattr(layer, "buffers", {})
+            if not isinstance(buffers, dict):  # a composite (Sequential, Residual): a read-only view of its leaves'
+                continue
+            for key, value in buffers.items():
+                buffers[key] = self.comm_for(value).broadcast(value, 0)
 
     def common_seed(self, seed: int | None) -> int:
         """``seed``, or (None) a random seed drawn on rank 0 and sent to all: every rank must draw alike."""
