@@ -84,7 +84,7 @@ def oracle(tmp_path: Path, args: list[str]) -> dict:
 
 
 @needs_mpi
-@pytest.mark.parametrize("model, ranks", [("lenet5", 2), ("lenet5", 3), ("bn", 2), ("bn", 3)])
+@pytest.mark.parametrize("model, ranks", [("lenet5", 2), ("lenet5", 3), ("bn", 2), ("bn", 3), ("resnet8", 2)])
 def test_ranks_train_the_same_model_as_one_process_float64(tmp_path, model, ranks):
     """One epoch of 64 images in global batches of 20 (20, 20, 20, 4: uneven shards with 3 ranks),
     augmented (shift1, flip); the bn net has batch norm and dropout."""
