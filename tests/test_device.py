@@ -201,3 +201,17 @@ def test_predict_moves_input_and_enters_the_device(lane, rng):
     with B.using("numpy"):
         ref = small_net(dtype="float64")
         np.testing.assert_allclose(B.to_numpy(out), ref.predict(host, batch_size=2), rtol=1e-12)
+
+
+def test_env_var_selects_the_strict_device(monkeypatch):
+    token = B._explicit.set(None)
+    monkeypatch.setenv(B.ENV_VAR, "array_api_strict:device1")
+    B._env_spec.cache_clear()
+    try:
+        be = B.get_backend()
+        assert be.spec == "array_api_strict:device1" and be.device == strict.Device("device1")
+        assert B.asarray(np.zeros(2)).device == be.device
+    finally:
+        B._explicit.reset(token)
+        monkeypatch.delenv(B.ENV_VAR)
+        B._env_spec.cache_clear()

@@ -25,6 +25,7 @@ import array_api_compat
 import numpy as np
 
 from .. import backend as B
+from ..layers.composite import Composite
 from ..layers.dropout import Dropout
 from ..layers.norm import _BatchNorm
 from .buckets import DEFAULT_BUCKET_BYTES, allreduce_gradients
@@ -176,11 +177,10 @@ class DataParallel:
         for ref in model.parameters():
             ref.assign(self.comm_for(ref.value).broadcast(ref.value, 0))
         for layer in _walk(model):
-            buffers = getattr(layer, "buffers", {})
-            if not isinstance(buffers, dict):  # a composite (Sequential, Residual): a read-only view of its leaves'
+            if isinstance(layer, Composite):  # its buffers are read-only views of its children's
                 continue
-            for key, value in buffers.items():
-                buffers[key] = self.comm_for(value).broadcast(value, 0)
+            for key, value in getattr(layer, "buffers", {}).items():
+                layer.buffers[key] = self.comm_for(value).broadcast(value, 0)
 
     def common_seed(self, seed: int | None) -> int:
         """``seed``, or (None) a random seed drawn on rank 0 and sent to all: every rank must draw alike."""
