@@ -63,8 +63,8 @@ for path in (str(ROOT), str(HERE)):
         sys.path.insert(0, path)
 
 from xpcnn import backend as B  # noqa: E402
+from xpcnn import kernels, models, optim, train  # noqa: E402
 from xpcnn import layers as XL  # noqa: E402
-from xpcnn import models, optim, train  # noqa: E402
 from xpcnn.losses import SoftmaxCrossEntropy  # noqa: E402
 
 STAGES = ("env", "roofline", "calls", "parity", "kernels", "speed", "profile", "pytest")
@@ -281,7 +281,8 @@ def _op_parity(ctx: Ctx) -> dict[str, Any]:
             with B.using(ctx.host):
                 y_shape = tuple(make().forward(B.asarray(x, dtype)).shape)
             dout = rng.standard_normal(y_shape)
-            ref = _run_layer(make, ctx.host, x, dout, dtype)
+            with kernels.using_kernels("reference"):  # the oracle: NumPy's reference kernels
+                ref = _run_layer(make, ctx.host, x, dout, dtype)
             got = _run_layer(make, ctx.device, x, dout, dtype)
             errs = {k: _rel(got[k], v) for k, v in ref.items()}
             results[f"{name}/{dtype}"] = errs
@@ -369,7 +370,8 @@ def stage_parity(ctx: Ctx) -> dict[str, Any]:
     out["tf32"] = _tf32_reaches_conv(ctx)
     x, y, xt, yt = _mnist(ctx, 128 if ctx.dry else 10000, 128 if ctx.dry else 10000)
     steps = 20 if not ctx.dry else 3
-    ref = _lenet_steps(ctx.host, x, y, steps, 16 if ctx.dry else 64)
+    with kernels.using_kernels("reference"):  # the oracle: NumPy's reference kernels, not a CPU fast set
+        ref = _lenet_steps(ctx.host, x, y, steps, 16 if ctx.dry else 64)
     got = _lenet_steps(ctx.device, x, y, steps, 16 if ctx.dry else 64)
     worst = max(_rel(got[k], v) for k, v in ref.items())
     out["lenet5_steps"] = {"steps": steps, "worst_weight_err": worst, "ok": worst <= TOL["float32"]}

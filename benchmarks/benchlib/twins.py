@@ -34,6 +34,15 @@ def torch_twin(model: Any, device: torch.device) -> torch.nn.Sequential:
             m = nn.ReLU()
         elif isinstance(layer, XL.Flatten):
             m = nn.Flatten()
+        elif isinstance(layer, (XL.BatchNorm1D, XL.BatchNorm2D)):
+            kind = nn.BatchNorm2d if isinstance(layer, XL.BatchNorm2D) else nn.BatchNorm1d
+            m = kind(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+            m.weight.data.copy_(p["gamma"])
+            m.bias.data.copy_(p["beta"])
+            m.running_mean.copy_(torch.from_numpy(np.array(B.to_numpy(layer.buffers["running_mean"]))))
+            m.running_var.copy_(torch.from_numpy(np.array(B.to_numpy(layer.buffers["running_var"]))))
+        elif isinstance(layer, XL.Dropout):
+            m = nn.Dropout(layer.p)  # the same rate; the masks differ (separate generators)
         else:
             raise NotImplementedError(f"no torch twin for {type(layer).__name__}")
         if "b" in p:
