@@ -34,9 +34,10 @@ def _conv_out(x_shape: tuple[int, ...], W: Any, stride: Any, padding: Any, dilat
     return oh, ow
 
 
-def _conv_eligible(x: Any, W: Any, b: Any, stride: Any, padding: Any, dilation: Any) -> bool:
-    return (_is_f32(x, W, b) and x.ndim == 4 and W.flags.c_contiguous and x.shape[0] > 0
-            and min(_conv_out(x.shape, W, stride, padding, dilation)) > 0)
+def _conv_eligible(x: Any, W: Any, b: Any, stride: Any, padding: Any, dilation: Any, groups: int = 1) -> bool:
+    """float32, ungrouped (grouped and depthwise convolutions use the reference), a non-empty output."""
+    return (groups == 1 and _is_f32(x, W, b) and x.ndim == 4 and x.shape[1] == W.shape[1]
+            and W.flags.c_contiguous and x.shape[0] > 0 and min(_conv_out(x.shape, W, stride, padding, dilation)) > 0)
 
 
 def _im2col(k: Kernels, x: Any, W: Any, stride: Any, padding: Any, dilation: Any) -> tuple[Any, tuple[int, int]]:
