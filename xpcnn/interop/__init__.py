@@ -12,11 +12,13 @@ The mapping between xpcnn layers and torch modules, and between their state-dict
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from .twins import InteropError, UnsupportedModuleError, state_names
 
-__all__ = ["InteropError", "UnsupportedModuleError", "export_onnx", "from_torch", "load_safetensors",
+__all__ = ["InteropError", "UnsupportedModuleError", "export_onnx", "from_torch", "load_safetensors", "main_export",
            "save_safetensors", "state_names", "to_torch"]
 
 
@@ -53,3 +55,17 @@ def export_onnx(*args: Any, **kwargs: Any) -> Any:
     from .onnx_export import export_onnx as impl
 
     return impl(*args, **kwargs)
+
+
+def main_export(argv: Sequence[str] | None = None) -> int:
+    """``xpcnn export CHECKPOINT MODEL.onnx [--input-shape 1,1,28,28]``: see :func:`.onnx_export.main_export`.
+
+    Without the onnx package: a one-line error naming the extra to install, exit status 2.
+    """
+    try:
+        from .onnx_export import main_export as impl
+    except ImportError as exc:
+        print(f"xpcnn export: error: ONNX export needs the {exc.name or 'onnx'} package: "
+              "pip install 'xpcnn[onnx]'", file=sys.stderr)
+        return 2
+    return impl(argv)
