@@ -74,7 +74,8 @@ class _Graph:
         return out
 
 
-Emitter = Callable[[Any, str, _Graph, str], str]  # (layer, input value, graph, state-dict path) -> output value
+#: (layer, input value, its shape, graph, state-dict path) -> output value
+Emitter = Callable[[Any, str, tuple[int, ...], _Graph, str], str]
 
 
 def _pads(padding: Sequence[int]) -> list[int]:
@@ -86,36 +87,50 @@ def _param(layer: Any, key: str, g: _Graph, path: str) -> str:
     return g.weight(f"{path}.{key}", value)
 
 
-def _conv(layer: Any, x: str, g: _Graph, path: str) -> str:
+def _conv(layer: Any, x: str, shape: tuple[int, ...], g: _Graph, path: str) -> str:
     inputs = [x, _param(layer, "W", g, path)] + ([_param(layer, "b", g, path)] if "b" in layer.params else [])
     return g.node("Conv", inputs, path, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
                   pads=_pads(layer.padding), dilations=list(layer.dilation), group=int(getattr(layer, "groups", 1)))
 
 
-def _dense(layer: Any, x: str, g: _Graph, path: str) -> str:
+def _dense(layer: Any, x: str, shape: tuple[int, ...], g: _Graph, path: str) -> str:
     inputs = [x, _param(layer, "W", g, path)] + ([_param(layer, "b", g, path)] if "b" in layer.params else [])
     return g.node("Gemm", inputs, path)
 
 
-def _batch_norm(layer: Any, x: str, g: _Graph, path: str) -> str:
+def _batch_norm(layer: Any, x: str, shape: tuple[int, ...], g: _Graph, path: str) -> str:
     inputs = [x] + [_param(layer, k, g, path) for k in ("gamma", "beta", "running_mean", "running_var")]
     return g.node("BatchNormalization", inputs, path, epsilon=float(layer.eps))
 
 
 def _pool(op: str, **extra: Any) -> Emitter:
-    def emit(layer: Any, x: str, g: _Graph, path: str) -> str:
-        return g.node(op, [x], path, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-                      pads=_pads(layer.padding), ceil_mode=int(layer.ceil_mode), **extra)
+    def emit(layer: Any, x: str, shape: tuple[int, ...], g: _Graph, path: str) -> str:
+        y = g.node(op, [x], path, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+                   pads=_pads(layer.padding), ceil_mode=int(layer.ceil_mode), **extra)
+        out = layer.output_shape(shape)[2:]
+        if layer.ceil_mode and _onnx_ceil_sizes(layer, shape) != tuple(out):
+            # ONNX's shape rule for ceil_mode lacks PyTorch's "the last window starts inside the input or the
+            # left padding"; onnxruntime computes PyTorch's size, shape inference one more: trim to agree.
+            ends = g.weight(f"{path}.trim", np.asarray(out, dtype=np.int64))
+            axes = g.weight(f"{path}.trim_axes", np.asarray([2, 3], dtype=np.int64))
+            starts = g.weight(f"{path}.trim_starts", np.zeros(2, dtype=np.int64))
+            y = g.node("Slice", [y, starts, ends, axes], path)
+        return y
     return emit
 
 
+def _onnx_ceil_sizes(layer: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(-(-(size + 2 * p - k) // s) + 1
+                 for size, k, s, p in zip(shape[2:], layer.kernel_size, layer.stride, layer.padding, strict=True))
+
+
 def _plain(op: str, **attrs: Any) -> Emitter:
-    def emit(layer: Any, x: str, g: _Graph, path: str) -> str:
+    def emit(layer: Any, x: str, shape: tuple[int, ...], g: _Graph, path: str) -> str:
         return g.node(op, [x], path, **attrs)
     return emit
 
 
-def _leaky(layer: Any, x: str, g: _Graph, path: str) -> str:
+def _leaky(layer: Any, x: str, shape: tuple[int, ...], g: _Graph, path: str) -> str:
     return g.node("LeakyRelu", [x], path, alpha=float(layer.alpha))
 
 
@@ -136,16 +151,17 @@ EMITTERS: dict[str, Emitter] = {
 }
 
 
-def _emit(obj: Any, x: str, g: _Graph, path: str) -> str:
+def _emit(obj: Any, x: str, shape: tuple[int, ...], g: _Graph, path: str) -> tuple[str, tuple[int, ...]]:
+    """Append ``obj``'s nodes reading value ``x`` of ``shape``; returns the output value and its shape."""
     if isinstance(obj, Sequential):
         for i, child in enumerate(obj.layers):
-            x = _emit(child, x, g, f"{path}.{i}" if path else str(i))
-        return x
+            x, shape = _emit(child, x, shape, g, f"{path}.{i}" if path else str(i))
+        return x, shape
     emitter = EMITTERS.get(type(obj).__name__)
     if emitter is None:
         raise UnsupportedModuleError(f"xpcnn layer at position {path!r} ({obj!r}) has no ONNX export; "
                                      f"supported layers: {', '.join(sorted(EMITTERS))}")
-    return emitter(obj, x, g, path)
+    return emitter(obj, x, shape, g, path), tuple(obj.output_shape(shape))
 
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -176,7 +192,7 @@ def to_onnx(model: Sequential, input_shape: Sequence[int], *, opset: int = OPSET
     dtype = B.dtype_name(ref.dtype) if ref is not None else "float32"
     elem = _ONNX_DTYPES[dtype]
     g = _Graph()
-    out = _emit(model, "input", g, "")
+    out, _ = _emit(model, "input", shape, g, "")
     if g.nodes and list(g.nodes[-1].output) == [out]:
         g.nodes[-1].output[0] = "logits"
     else:  # a model without layers
@@ -229,8 +245,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
+    parts = text.split(",") if "," in text or "x" not in text else text.split("x")  # 1,1,28,28 or 1x1x28x28
     try:
-        return _check_shape([int(p) for p in text.replace("x", ",").split(",") if p.strip()])
+        return _check_shape([int(p) for p in parts])
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected positive integers like 1,1,28,28, got {text!r}") from None
 
