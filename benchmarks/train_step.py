@@ -5,8 +5,8 @@
     python benchmarks/train_step.py --epoch-wide          # also a full epoch of the wide net
     python benchmarks/train_step.py --device cuda --on-device
 
-The torch model is built from the xpcnn model's layer list with the *same initial
-weights* (conv weights copied as they are, dense ``W (in, out)`` transposed into
+The torch model is the xpcnn model's twin (``xpcnn.interop.to_torch``: the *same
+initial weights*, conv weights as they are, dense ``W (in, out)`` transposed into
 ``Linear.weight (out, in)``), trained with ``torch.optim.Adam`` (same lr, betas,
 eps) on the *same batches* (real MNIST, standardised).  Steps are interleaved:
 xpcnn step i, torch step i, xpcnn step i+1, ... so both see the same machine load.
@@ -18,6 +18,9 @@ the wide net) times one full MNIST epoch (60000 images) for each side, batch by
 batch interleaved, with the work of ``xpcnn.train.fit``'s loop: batches from
 ``xpcnn.datasets.BatchIterator`` (shuffled, the same order for torch), the loss read
 back as a float every step and the accuracy counted.
+
+Models with dropout (``bn``) draw different masks on the two sides, so their losses
+agree only in distribution, not step by step.
 """
 
 from __future__ import annotations
@@ -128,9 +131,11 @@ def bench_steps(env: Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str, 
     # the twins start equal: compare the logits of the first batch before any update
     xb, _ = feed.xpcnn(0)
     tb, _ = feed.torch(0)
+    tt.net.eval()  # inference on both sides (batch-norm running statistics, no dropout)
     with torch.no_grad():
         init_err = scaled_diff(np.asarray(B.to_numpy(xt.model.forward(xb)), np.float64),
                             tt.net(tb).cpu().numpy().astype(np.float64))
+    tt.net.train()
 
     x_losses: list[Any] = []
     t_losses: list[Any] = []
