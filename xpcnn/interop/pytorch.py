@@ -187,6 +187,7 @@ def to_torch(model: Sequential, weights: Any = None, *, device: Any = None) -> t
         return module
 
     net = convert(model, "")
+    assert isinstance(net, torch.nn.Sequential)  # convert maps a Sequential to a Sequential
     if weights is not None:
         if isinstance(weights, (str, os.PathLike)):
             from .safetensors_io import read_tensors

@@ -105,7 +105,7 @@ def _unsupported(module: Any, path: str, what: str) -> UnsupportedModuleError:
 
 
 def _accepts(cls: type, argument: str) -> bool:
-    return argument in inspect.signature(cls.__init__).parameters
+    return argument in inspect.signature(cls).parameters
 
 
 # -- builders: xpcnn -> torch (architecture only) -------------------------------------------------------------
