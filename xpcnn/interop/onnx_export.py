@@ -5,18 +5,21 @@ uses its running statistics).  The graph's input is ``input: (batch, *input_shap
 symbolic; its output is ``logits``.  Weights are initializers named as in ``model.state_dict()``.  One
 emitter per layer type (``EMITTERS``); a composite layer emits its children's nodes.
 
-================  =====================================================================================
-xpcnn layer       ONNX nodes
-================  =====================================================================================
-``Conv2D``        ``Conv`` (pads, strides, dilations, group)
-``Dense``         ``Gemm`` (``W: (in, out)`` as it is)
-``BatchNorm*D``   ``BatchNormalization`` (inference form)
-``MaxPool2D``     ``MaxPool`` (``ceil_mode``)
-``AvgPool2D``     ``AveragePool`` (``count_include_pad=1``, ``ceil_mode``)
-``ReLU`` ...      ``Relu``, ``LeakyRelu``, ``Sigmoid``, ``Tanh``
-``Flatten``       ``Flatten(axis=1)``
-``Dropout``       ``Identity``
-================  =====================================================================================
+====================  ======================================================================
+xpcnn layer           ONNX nodes
+====================  ======================================================================
+``Conv2D``            ``Conv`` (pads, strides, dilations, group)
+``Dense``             ``Gemm`` (``W: (in, out)`` as it is)
+``BatchNorm*D``       ``BatchNormalization`` (inference form)
+``MaxPool2D``         ``MaxPool`` (``ceil_mode``; a ``Slice`` where ONNX's size rule differs)
+``AvgPool2D``         ``AveragePool`` (``count_include_pad=1``, ``ceil_mode``, likewise)
+``ReLU`` ...          ``Relu``, ``LeakyRelu``, ``Sigmoid``, ``Tanh``
+``Flatten``           ``Flatten(axis=1)``
+``Dropout``           ``Identity``
+``GlobalAvgPool2D``   ``GlobalAveragePool`` + ``Flatten`` ((N, C, 1, 1) -> (N, C))
+``Residual``          the body's nodes, the shortcut's (or the input), ``Add``
+``Sequential``        its layers' nodes in order (nested models)
+====================  ======================================================================
 
 >>> import os, tempfile
 >>> import onnx
@@ -134,6 +137,16 @@ def _leaky(layer: Any, x: str, shape: tuple[int, ...], g: _Graph, path: str) -> 
     return g.node("LeakyRelu", [x], path, alpha=float(layer.alpha))
 
 
+def _global_avg_pool(layer: Any, x: str, shape: tuple[int, ...], g: _Graph, path: str) -> str:
+    return g.node("Flatten", [g.node("GlobalAveragePool", [x], path)], path, axis=1)  # (N, C, 1, 1) -> (N, C)
+
+
+def _residual(layer: Any, x: str, shape: tuple[int, ...], g: _Graph, path: str) -> str:
+    body, _ = _emit(layer.body, x, shape, g, f"{path}.body")
+    short = x if layer.shortcut is None else _emit(layer.shortcut, x, shape, g, f"{path}.shortcut")[0]
+    return g.node("Add", [body, short], path)
+
+
 #: xpcnn layer type name -> the function that appends its nodes
 EMITTERS: dict[str, Emitter] = {
     "Conv2D": _conv,
@@ -148,6 +161,8 @@ EMITTERS: dict[str, Emitter] = {
     "Tanh": _plain("Tanh"),
     "Flatten": _plain("Flatten", axis=1),
     "Dropout": _plain("Identity"),
+    "GlobalAvgPool2D": _global_avg_pool,  # where this xpcnn has it
+    "Residual": _residual,                # (a composite: its children's nodes, then Add)
 }
 
 

@@ -46,9 +46,17 @@ import torch
 from .. import backend as B
 from ..layers.base import Layer
 from ..model import Sequential
-from .twins import InteropError, Twin, load_torch_state_dict, twin_of_layer, twin_of_module
+from .twins import (
+    InteropError,
+    Twin,
+    UnsupportedModuleError,
+    load_torch_state_dict,
+    module_key,
+    twin_of_layer,
+    twin_of_module,
+)
 
-__all__ = ["Residual", "from_torch", "to_torch"]
+__all__ = ["GlobalAvgPool2d", "Residual", "from_torch", "to_torch"]
 
 _FLOAT_DTYPES = {torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}
 
@@ -63,6 +71,16 @@ class Residual(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+
+class GlobalAvgPool2d(torch.nn.Module):
+    """The torch twin of xpcnn's ``GlobalAvgPool2D``: (N, C, H, W) -> (N, C), the mean of each feature map.
+
+    ``from_torch`` also takes ``torch.nn.AdaptiveAvgPool2d(1)`` followed by ``torch.nn.Flatten()``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
 
 
 def _join(path: str, name: str) -> str:
@@ -149,7 +167,14 @@ def _from_module(module: torch.nn.Module, dtype: Any) -> Sequential:
 
     def to_layers(m: torch.nn.Module, path: str) -> list[Any]:
         if isinstance(m, torch.nn.Sequential) and type(m) is torch.nn.Sequential:
-            children = [layer for name, child in m.named_children() for layer in to_layers(child, _join(path, name))]
+            named = list(m.named_children())
+            for i, (name, child) in enumerate(named):  # (N, C, 1, 1) in torch, (N, C) in xpcnn: a Flatten must follow
+                if module_key(child) == "torch.nn.AdaptiveAvgPool2d" and (
+                        i + 1 == len(named) or module_key(named[i + 1][1]) != "torch.nn.Flatten"):
+                    raise UnsupportedModuleError(
+                        f"torch module at position {_join(path, name)!r} ({child!r}): AdaptiveAvgPool2d must be "
+                        "followed by Flatten (xpcnn's GlobalAvgPool2D returns (N, C), not (N, C, 1, 1))")
+            children = [layer for name, child in named for layer in to_layers(child, _join(path, name))]
             return [Sequential(*children)] if _nesting() and path else children
         twin = twin_of_module(m, path or "<top>")
         layer = twin.to_layer(m, dt, convert, path)

@@ -3,20 +3,27 @@
 Each :class:`Twin` says, for one xpcnn layer type, which ``torch.nn`` module types convert to it, how to
 build one from the other (architecture only), and how their weights are named and laid out:
 
-=================  ==========================  ==========================================================
-xpcnn layer        torch module(s)             weights (xpcnn -> torch)
-=================  ==========================  ==========================================================
-``Conv2D``         ``Conv2d``                  ``W -> weight`` (same layout), ``b -> bias``
-``Dense``          ``Linear``                  ``W (in, out) -> weight (out, in)`` transposed, ``b -> bias``
-``BatchNorm1D``    ``BatchNorm1d``             ``gamma -> weight``, ``beta -> bias``, ``running_mean``,
-``BatchNorm2D``    ``BatchNorm2d``             ``running_var`` (torch's ``num_batches_tracked`` is ignored)
-``MaxPool2D``      ``MaxPool2d``               --
-``AvgPool2D``      ``AvgPool2d``               -- (``count_include_pad=True``, as xpcnn)
-``ReLU``, ...      ``ReLU``, ``LeakyReLU``,    --
-                   ``Sigmoid``, ``Tanh``
-``Flatten``        ``Flatten``                 -- (``start_dim=1``)
-``Dropout``        ``Dropout``                 --
-=================  ==========================  ==========================================================
+===================  ==========================  ==================================================================
+xpcnn layer          torch module(s)             weights (xpcnn -> torch)
+===================  ==========================  ==================================================================
+``Conv2D``           ``Conv2d``                  ``W -> weight`` (same layout), ``b -> bias``
+``Dense``            ``Linear``                  ``W (in, out) -> weight (out, in)`` transposed, ``b -> bias``
+``BatchNorm1D``      ``BatchNorm1d``             ``gamma -> weight``, ``beta -> bias``, ``running_mean``,
+``BatchNorm2D``      ``BatchNorm2d``             ``running_var`` (torch's ``num_batches_tracked`` is ignored)
+``MaxPool2D``        ``MaxPool2d``               --
+``AvgPool2D``        ``AvgPool2d``               -- (``count_include_pad=True``, as xpcnn)
+``ReLU``, ...        ``ReLU``, ``LeakyReLU``,    --
+                     ``Sigmoid``, ``Tanh``
+``Flatten``          ``Flatten``                 -- (``start_dim=1``)
+``Dropout``          ``Dropout``                 --
+``GlobalAvgPool2D``  ``AdaptiveAvgPool2d(1)``    -- (it must be followed by ``Flatten``: xpcnn's output is (N, C));
+                     ``GlobalAvgPool2d`` *       ``to_torch`` builds ``GlobalAvgPool2d``
+``Residual``         ``Residual`` *              ``body.<...>``, ``shortcut.<...>`` (nested names)
+``Sequential``       ``Sequential``              ``<index>.<...>`` (nested models stay nested)
+===================  ==========================  ==================================================================
+
+(* the twin modules in :mod:`xpcnn.interop.pytorch`; the composite and global-pooling rows exist where
+this xpcnn has those layers.)
 
 A model's state-dict names are the same on both sides apart from the weight names above: xpcnn's
 ``"3.W"`` is torch's ``"3.weight"`` (the index of the layer in the :class:`~xpcnn.Sequential`, then the
@@ -228,6 +235,43 @@ TWINS: list[Twin] = [
     Twin("Flatten", ("torch.nn.Flatten",), lambda lay, nn, convert, path: nn.Flatten(), _flatten_layer),
     _twin_simple("Dropout", "Dropout", lambda lay: lay.p, lambda m: m.p),
 ]
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _residual_module(layer: Any, nn: Any, convert: Convert, path: str) -> Any:
+    from .pytorch import Residual
+
+    shortcut = None if layer.shortcut is None else convert(layer.shortcut, _join(path, "shortcut"))
+    return Residual(convert(layer.body, _join(path, "body")), shortcut)
+
+
+def _residual_layer(m: Any, dtype: str, convert: Convert, path: str) -> Any:
+    shortcut = None if m.shortcut is None else convert(m.shortcut, _join(path, "shortcut"))
+    return XL.Residual(convert(m.body, _join(path, "body")), shortcut)
+
+
+def _gap_module(layer: Any, nn: Any, convert: Convert, path: str) -> Any:
+    from .pytorch import GlobalAvgPool2d
+
+    return GlobalAvgPool2d()
+
+
+def _gap_layer(m: Any, dtype: str, convert: Convert, path: str) -> Any:
+    if module_key(m) == "torch.nn.AdaptiveAvgPool2d" and _pair(m.output_size) != (1, 1):
+        raise _unsupported(m, path, f"AdaptiveAvgPool2d(output_size={m.output_size}): only output_size=1 (the "
+                                    "global average) is supported")
+    return XL.GlobalAvgPool2D()
+
+
+# composite and global-pooling layers, where this xpcnn has them: one entry each
+if hasattr(XL, "Residual"):
+    TWINS.append(Twin("Residual", ("xpcnn.interop.pytorch.Residual",), _residual_module, _residual_layer,
+                      children=lambda layer: list(layer.children())))
+if hasattr(XL, "GlobalAvgPool2D"):
+    TWINS.append(Twin("GlobalAvgPool2D", ("xpcnn.interop.pytorch.GlobalAvgPool2d", "torch.nn.AdaptiveAvgPool2d"),
+                      _gap_module, _gap_layer))
 
 _BY_LAYER = {t.layer: t for t in TWINS}
 _BY_MODULE = {m: t for t in TWINS for m in t.modules}
