@@ -1,4 +1,4 @@
-"""Tests for :mod:`xpcnn.train`: ``fit`` / ``evaluate``, history, callbacks, resume, divergence.
+"""Tests for :mod:`xpcnn.train`: ``fit`` / ``evaluate``, history, resume, divergence (callbacks: test_callbacks.py).
 
 Real data: the bundled MNIST, loaded once per module, in small subsets.  The
 oracles are independent computations written here (a NumPy cross-entropy and
@@ -12,78 +12,34 @@ import math
 
 import numpy as np
 import pytest
+from train_helpers import (
+    RecordingLoss,
+    assert_weights_equal,
+    mnist_subsets,
+    quiet,
+    records,
+    small_subset,
+    tiny,
+    weights,
+)
 
 from xpcnn import backend as B
 from xpcnn import models, optim, train
-from xpcnn.datasets import BatchIterator, load_mnist, standardize, to_float
+from xpcnn.datasets import BatchIterator
 from xpcnn.datasets.augment import RandomShift
-from xpcnn.layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 from xpcnn.losses import SoftmaxCrossEntropy
-from xpcnn.model import Sequential
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow warnings of the divergence tests
 
 
 @pytest.fixture(scope="module")
 def mnist():
-    """Standardised float32 subsets of the bundled MNIST: 3000 train, 1000 test (stats from the train part)."""
-    ds = load_mnist(progress=False)
-    x_train, mean, std = standardize(to_float(ds.x_train[:3000]))
-    x_test, _, _ = standardize(to_float(ds.x_test[:1000]), mean, std)
-    return x_train, ds.y_train[:3000].astype(np.int64), x_test, ds.y_test[:1000].astype(np.int64)
+    return mnist_subsets()
 
 
 @pytest.fixture(scope="module")
 def small(mnist):
-    """256 training and 128 validation images: enough for the tiny model's exact-equality tests."""
-    x_train, y_train, x_test, y_test = mnist
-    return x_train[:256], y_train[:256], x_test[:128], y_test[:128]
-
-
-def tiny(seed: int = 0, dropout: bool = True) -> Sequential:
-    """A small CNN; one Dropout on the global host RNG and one with its own generator."""
-    layers = [Conv2D(1, 4, 3, rng=seed), ReLU(), MaxPool2D(2), Flatten()]
-    if dropout:
-        layers.append(Dropout(0.2))
-    layers += [Dense(4 * 13 * 13, 16, rng=seed + 1), ReLU()]
-    if dropout:
-        layers.append(Dropout(0.1, rng=seed + 2))
-    layers.append(Dense(16, 10, rng=seed + 3))
-    return Sequential(*layers)
-
-
-def weights(model) -> dict[str, np.ndarray]:
-    return {k: B.to_numpy(v).copy() for k, v in model.state_dict().items()}
-
-
-def assert_weights_equal(a, b) -> None:
-    assert sorted(a) == sorted(b)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-
-
-def records(history) -> list[dict[str, float]]:
-    """History entries without the wall-clock time (the only field allowed to differ between runs)."""
-    return [{k: v for k, v in e.items() if k != "time_s"} for e in history.epochs]
-
-
-class RecordingLoss(SoftmaxCrossEntropy):
-    """Cross-entropy that remembers every batch loss and batch size it computed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.values: list[float] = []
-        self.sizes: list[int] = []
-
-    def forward(self, logits, labels):
-        loss = super().forward(logits, labels)
-        self.values.append(float(loss))
-        self.sizes.append(int(labels.shape[0]))
-        return loss
-
-
-def _quiet(**kwargs):
-    return {"progress": False, "log": None, **kwargs}
+    return small_subset(mnist)
 
 
 # ------------------------------------------------------------------------------------------- end to end
@@ -97,7 +53,7 @@ def test_lenet5_learns_mnist(mnist):
     before = train.evaluate(model, (x_test, y_test))
     loss = RecordingLoss()
     history = train.fit(model, optim.Adam(model.parameters(), lr=1e-3), (x_train, y_train),
-                        epochs=1, batch_size=64, loss=loss, seed=0, **_quiet())
+                        epochs=1, batch_size=64, loss=loss, seed=0, **quiet())
     after = train.evaluate(model, (x_test, y_test))
 
     assert len(history) == 1 and history["epoch"] == [1]
@@ -154,7 +110,7 @@ def _run(data, seed: int, epochs: int = 2, model_seed: int = 0, **kwargs):
     model = tiny(model_seed)
     opt = optim.Adam(model.parameters(), lr=3e-3)
     history = train.fit(model, opt, (x, y), val=(xv, yv), epochs=epochs, batch_size=64, seed=seed,
-                        **_quiet(**kwargs))
+                        **quiet(**kwargs))
     return model, history
 
 
@@ -194,7 +150,7 @@ def _resumable_setup(seed: int = 0):
 @pytest.mark.parametrize("stop_after", [1, 2])
 def test_resume_equals_uninterrupted(small, tmp_path, stop_after):
     x, y, xv, yv = small
-    common = dict(val=(xv, yv), batch_size=64, seed=11, transform=RandomShift(1), **_quiet())
+    common = dict(val=(xv, yv), batch_size=64, seed=11, transform=RandomShift(1), **quiet())
 
     model, opt, sched = _resumable_setup()
     straight = train.fit(model, opt, (x, y), epochs=3, scheduler=sched, **common)
@@ -222,7 +178,7 @@ def test_resume_equals_uninterrupted(small, tmp_path, stop_after):
 def test_resume_needs_the_saved_rng_state(small, tmp_path):
     """Control for the test above: resumed with its RNG state, epoch 2 matches; with fresh generators, not."""
     x, y, xv, yv = small
-    common = dict(val=(xv, yv), batch_size=64, seed=11, **_quiet())
+    common = dict(val=(xv, yv), batch_size=64, seed=11, **quiet())
     model, opt, sched = _resumable_setup()
     train.fit(model, opt, (x, y), epochs=2, scheduler=sched, **common)
     want = weights(model)
@@ -251,11 +207,11 @@ def test_resume_past_the_last_epoch_trains_nothing(small, tmp_path):
     path = tmp_path / "ckpt.npz"
     model, opt, sched = _resumable_setup()
     train.fit(model, opt, (x, y), epochs=2, scheduler=sched, seed=1, callbacks=[train.ModelCheckpoint(path)],
-              batch_size=64, **_quiet())
+              batch_size=64, **quiet())
     want = weights(model)
     model, opt, sched = _resumable_setup(seed=7)
     history = train.fit(model, opt, (x, y), epochs=2, scheduler=sched, seed=1, resume=path, batch_size=64,
-                        **_quiet())
+                        **quiet())
     assert len(history) == 2
     assert_weights_equal(weights(model), want)
 
@@ -265,12 +221,12 @@ def test_resume_into_another_architecture_fails(small, tmp_path):
     path = tmp_path / "ckpt.npz"
     model = tiny()
     opt = optim.SGD(model.parameters())
-    train.fit(model, opt, (x, y), epochs=1, callbacks=[train.ModelCheckpoint(path)], batch_size=128, **_quiet())
+    train.fit(model, opt, (x, y), epochs=1, callbacks=[train.ModelCheckpoint(path)], batch_size=128, **quiet())
     other = tiny(dropout=False)
     from xpcnn.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="architecture"):
-        train.fit(other, optim.SGD(other.parameters()), (x, y), epochs=2, resume=path, **_quiet())
+        train.fit(other, optim.SGD(other.parameters()), (x, y), epochs=2, resume=path, **quiet())
 
 
 # ------------------------------------------------------------------------------------------- divergence
@@ -281,7 +237,7 @@ def test_absurd_learning_rate_raises(small):
     model = tiny(dropout=False)
     with pytest.raises(train.TrainingDivergedError, match=r"at epoch 1, step \d+ of 4 \(lr 1e\+30\)") as info:
         train.fit(model, optim.SGD(model.parameters(), lr=1e30), (x, y), epochs=3, batch_size=64, seed=0,
-                  **_quiet())
+                  **quiet())
     assert isinstance(info.value, FloatingPointError)
     assert "step 1 " not in str(info.value)  # the first step's loss is finite; the blow-up comes after it
 
@@ -297,7 +253,7 @@ def test_nan_in_the_inputs_names_the_step(small):
     model = tiny(dropout=False)
     with pytest.raises(train.TrainingDivergedError, match=rf"loss became nan at epoch 1, step {step} of 8"):
         train.fit(model, optim.SGD(model.parameters(), lr=0.01), (x, y), epochs=1, batch_size=32, seed=5,
-                  **_quiet())
+                  **quiet())
 
 
 class _PoisonAfterEpoch:
@@ -317,117 +273,7 @@ def test_divergence_in_a_later_epoch_names_that_epoch(small):
     model = tiny(dropout=False)
     with pytest.raises(train.TrainingDivergedError, match=r"epoch 2, step 1 of 4"):
         train.fit(model, optim.SGD(model.parameters(), lr=0.01), (x, y), epochs=3, batch_size=64, seed=0,
-                  callbacks=[_PoisonAfterEpoch(1)], **_quiet())
-
-
-# ------------------------------------------------------------------------------------------- callbacks
-
-
-class _Snapshots:
-    """Records the weights at the end of every epoch (put it before the callback under test)."""
-
-    def __init__(self) -> None:
-        self.by_epoch: dict[int, dict[str, np.ndarray]] = {}
-
-    def on_epoch_end(self, trainer, logs):
-        self.by_epoch[int(logs["epoch"])] = weights(trainer.model)
-
-
-def _scripted_val(monkeypatch, losses):
-    """Replace the validation pass by a script of val losses (one per epoch), so the scenario is exact."""
-    script = iter(losses)
-    calls = []
-
-    def fake_evaluate(model, data, loss=None, batch_size=512, on_device=False):
-        calls.append(int(np.asarray(B.to_numpy(data[0])).shape[0]))
-        return {"loss": next(script), "accuracy": 0.5}
-
-    monkeypatch.setattr(train, "evaluate", fake_evaluate)
-    return calls
-
-
-@pytest.mark.parametrize("restore_best", [True, False])
-def test_early_stopping(small, monkeypatch, restore_best):
-    x, y, xv, yv = small
-    _scripted_val(monkeypatch, [1.0, 0.5, 0.6, 0.7, 0.1, 0.1])
-    snaps = _Snapshots()
-    stopper = train.EarlyStopping(patience=2, restore_best=restore_best)
-    model = tiny()
-    history = train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=6,
-                        batch_size=64, seed=0, callbacks=[snaps, stopper], **_quiet())
-    assert len(history) == 4 and history["val_loss"] == [1.0, 0.5, 0.6, 0.7]
-    assert stopper.stopped_epoch == 4
-    assert stopper.best == 0.5
-    assert not np.array_equal(snaps.by_epoch[2]["0.W"], snaps.by_epoch[4]["0.W"])
-    assert_weights_equal(weights(model), snaps.by_epoch[2 if restore_best else 4])
-
-
-def test_early_stopping_min_delta(small, monkeypatch):
-    x, y, xv, yv = small
-    _scripted_val(monkeypatch, [1.0, 0.95, 0.92, 0.5, 0.4])
-    stopper = train.EarlyStopping(patience=2, min_delta=0.1)
-    model = tiny()
-    history = train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=5,
-                        batch_size=128, seed=0, callbacks=[stopper], **_quiet())
-    assert len(history) == 3 and stopper.stopped_epoch == 3  # 0.95 and 0.92 are not 0.1 better than 1.0
-
-
-def test_early_stopping_does_not_stop_while_improving(small, monkeypatch):
-    x, y, xv, yv = small
-    _scripted_val(monkeypatch, [1.0, 0.9, 0.8])
-    stopper = train.EarlyStopping(patience=1)
-    model = tiny()
-    history = train.fit(model, optim.SGD(model.parameters()), (x, y), val=(xv, yv), epochs=3, batch_size=128,
-                        callbacks=[stopper], **_quiet())
-    assert len(history) == 3 and stopper.stopped_epoch is None
-
-
-def test_early_stopping_needs_validation(small):
-    x, y, _, _ = small
-    model = tiny()
-    with pytest.raises(KeyError, match="val_loss.*val="):
-        train.fit(model, optim.SGD(model.parameters()), (x, y), epochs=2, batch_size=128,
-                  callbacks=[train.EarlyStopping()], **_quiet())
-
-
-def test_model_checkpoint_keeps_last_and_best(small, monkeypatch, tmp_path):
-    x, y, xv, yv = small
-    _scripted_val(monkeypatch, [1.0, 0.5, 0.7])
-    snaps = _Snapshots()
-    cb = train.ModelCheckpoint(tmp_path / "last.npz", best_path=tmp_path / "best.npz")
-    model = tiny()
-    train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=3, batch_size=64,
-              seed=0, callbacks=[snaps, cb], **_quiet())
-    from xpcnn.checkpoint import load_model
-
-    last, last_meta = load_model(tmp_path / "last.npz")
-    best, best_meta = load_model(tmp_path / "best.npz")
-    assert last_meta["epoch"] == 3 and best_meta["epoch"] == 2
-    assert_weights_equal(weights(last), snaps.by_epoch[3])
-    assert_weights_equal(weights(best), snaps.by_epoch[2])
-    assert [e["val_loss"] for e in best_meta["history"]] == [1.0, 0.5]
-
-
-def test_model_checkpoint_best_survives_a_resume(small, monkeypatch, tmp_path):
-    """After a restart, a worse epoch must not overwrite the best checkpoint written before it."""
-    x, y, xv, yv = small
-    _scripted_val(monkeypatch, [1.0, 0.5, 0.7, 0.3])
-    last, best = tmp_path / "last.npz", tmp_path / "best.npz"
-    model = tiny()
-    train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=2, batch_size=64,
-              seed=0, callbacks=[train.ModelCheckpoint(last, best_path=best)], **_quiet())
-    from xpcnn.checkpoint import load_model
-
-    model = tiny()  # a restart: fresh objects, a fresh callback
-    snaps = _Snapshots()
-    train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=3, batch_size=64,
-              seed=0, resume=last, callbacks=[snaps, train.ModelCheckpoint(last, best_path=best)], **_quiet())
-    assert load_model(best)[1]["epoch"] == 2  # 0.7 is worse than 0.5
-    train.fit(model, optim.SGD(model.parameters(), lr=0.05), (x, y), val=(xv, yv), epochs=4, batch_size=64,
-              seed=0, resume=last, callbacks=[snaps, train.ModelCheckpoint(last, best_path=best)], **_quiet())
-    best_model, meta = load_model(best)
-    assert meta["epoch"] == 4  # 0.3 is the new best
-    assert_weights_equal(weights(best_model), snaps.by_epoch[4])
+                  callbacks=[_PoisonAfterEpoch(1)], **quiet())
 
 
 # ------------------------------------------------------------------------------------------- val_split
@@ -455,7 +301,7 @@ def test_val_split_holds_out_the_right_samples(monkeypatch):
 
     model = tiny(dropout=False)
     train.fit(model, optim.SGD(model.parameters()), (x, y), val_split=0.25, epochs=1, batch_size=100, seed=0,
-              callbacks=[Spy()], **_quiet())
+              callbacks=[Spy()], **quiet())
     val_ids, train_ids = seen_val
     assert sizes == [150] and len(val_ids) == 50 and len(train_ids) == 150
     assert sorted(np.concatenate([val_ids, train_ids]).astype(int)) == list(range(n))
@@ -466,13 +312,13 @@ def test_val_split_and_val_are_exclusive(small):
     x, y, xv, yv = small
     model = tiny()
     with pytest.raises(ValueError, match="either val or val_split"):
-        train.fit(model, optim.SGD(model.parameters()), (x, y), val=(xv, yv), val_split=0.1, **_quiet())
+        train.fit(model, optim.SGD(model.parameters()), (x, y), val=(xv, yv), val_split=0.1, **quiet())
 
 
 def test_data_must_be_a_pair(small):
     model = tiny()
     with pytest.raises(TypeError, match="pair"):
-        train.fit(model, optim.SGD(model.parameters()), small[0], **_quiet())
+        train.fit(model, optim.SGD(model.parameters()), small[0], **quiet())
 
 
 # ------------------------------------------------------------------------------------------- other lanes
@@ -487,7 +333,7 @@ def test_fit_on_every_lane_matches_numpy(small, backend):
         opt = optim.Momentum(model.parameters(), lr=0.02)
         sched = optim.StepLR(opt, step_size=1, gamma=0.5)
         history = train.fit(model, opt, (x, y), val=(xv, yv), epochs=2, batch_size=32, scheduler=sched, seed=2,
-                            **_quiet())
+                            **quiet())
         return model, history
 
     with B.using("numpy"):

@@ -7,13 +7,21 @@ Resolution order, highest first:
 3. the default, ``numpy``.
 
 A backend spec is ``NAME`` or ``NAME:DEVICE``: ``numpy``, ``cupy``, ``cupy:1``,
-``torch``, ``torch:cuda:0``, ``array_api_strict``.  Nothing here writes files or
+``torch``, ``torch:cuda:0``, ``array_api_strict``, ``array_api_strict:device1`` (array-api-strict's
+simulated non-CPU device: a test lane for device placement without a GPU).  Nothing here writes files or
 mutates ``os.environ``; a backend that cannot be loaded raises
 :class:`BackendError` with the reason and an install hint (never a silent
 fallback to NumPy).
 
 Only this module (and the host-side data code) imports NumPy directly.  The
 layers and the functional ops take their namespace from their input arrays.
+
+Devices: a library with a *current device* (CuPy; array-api-compat's CuPy creation
+functions ignore ``device=``) must have the chosen device current whenever arrays
+are created or kernels run.  :func:`device_scope` makes it so; :func:`using`,
+the creation helpers (:func:`full`, :func:`zeros_like`), the transfers and the
+training loop enter it.  Code that calls layers directly on ``cupy:1`` arrays runs
+inside ``with xpcnn.backend.using("cupy:1"):`` (or ``device_scope(x)``).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import importlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +44,8 @@ __all__ = [
     "dtype_name",
     "ENV_VAR",
     "asarray",
+    "device_scope",
+    "full",
     "available_backends",
     "get_backend",
     "host_rng",
@@ -45,6 +56,7 @@ __all__ = [
     "set_backend",
     "to_numpy",
     "using",
+    "zeros_like",
 ]
 
 ENV_VAR = "XPCNN_BACKEND"
@@ -53,6 +65,9 @@ KNOWN_BACKENDS = ("numpy", "cupy", "torch", "array_api_strict")
 #: The Array API version array_api_strict is pinned to (scalar arguments to
 #: ``maximum``/``where`` need 2024.12).
 STRICT_API_VERSION = "2024.12"
+#: array-api-strict's devices other than the CPU: arrays there refuse ``numpy.asarray`` and
+#: cannot be mixed with CPU arrays, so they stand in for a GPU in tests.
+STRICT_DEVICES = ("CPU_DEVICE", "device1", "device2")
 
 _INSTALL_HINTS = {
     "cupy": "install CuPy for your CUDA version: pip install 'xpcnn[cuda12]' or 'xpcnn[cuda13]'",
@@ -66,12 +81,14 @@ class BackendError(RuntimeError):
     """A backend was named that does not exist or cannot be used here."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Backend:
     """A resolved backend: its name, its Array API namespace and its device.
 
     ``xp`` is the array-api-compat namespace (``array_api_compat.numpy`` for
-    NumPy), so ``xp.asarray(..., device=backend.device)`` works everywhere.
+    NumPy), so ``xp.asarray(..., device=backend.device)`` works everywhere (but see
+    :meth:`scope` for CuPy).  Equality and hashing go by ``(name, spec)``: a
+    ``cupy.cuda.Device`` is not hashable, a Backend is (a dict key, a cache key).
     """
 
     name: str
@@ -81,6 +98,16 @@ class Backend:
 
     def __str__(self) -> str:
         return self.spec
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Backend) and (self.name, self.spec) == (other.name, other.spec)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.spec))
+
+    def scope(self) -> contextlib.AbstractContextManager[Any]:
+        """A context in which this backend's device is current (see :func:`device_scope`)."""
+        return device_scope(self)
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -92,8 +119,11 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     if name not in KNOWN_BACKENDS:
         raise BackendError(f"unknown backend {name!r} (from {spec!r}); expected one of {', '.join(KNOWN_BACKENDS)}")
     device = device_text.strip() or None
-    if name in ("numpy", "array_api_strict") and device not in (None, "cpu"):
+    if name == "numpy" and device not in (None, "cpu"):
         raise BackendError(f"backend {name!r} only has a CPU device, got device {device!r}")
+    if name == "array_api_strict" and device not in (None, "cpu", *STRICT_DEVICES):
+        raise BackendError(f"backend {name!r} only has a CPU device and the simulated devices "
+                           f"{', '.join(STRICT_DEVICES)}, got device {device!r}")
     if name == "cupy" and device is not None and not (device.isdigit() or device == "cuda"):
         raise BackendError(f"backend 'cupy' takes an integer device index like 'cupy:1', got device {device!r}")
     return name, device
@@ -115,7 +145,9 @@ def resolve(spec: str) -> Backend:
     if name == "array_api_strict":
         strict = _import("array_api_strict")
         strict.set_array_api_strict_flags(api_version=STRICT_API_VERSION)
-        return Backend(name, strict, strict.asarray(0).device, name)
+        if device in (None, "cpu", "CPU_DEVICE"):
+            return Backend(name, strict, strict.asarray(0).device, name)
+        return Backend(name, strict, strict.Device(device), f"{name}:{device}")
     if name == "torch":
         torch = _import("torch")
         try:
@@ -137,10 +169,12 @@ def resolve(spec: str) -> Backend:
     dev = cupy.cuda.Device(index)
     with dev:
         xp = array_api_compat.array_namespace(cupy.empty(0))
+        if tf32_requested():
+            set_cupy_tf32(True)
     return Backend("cupy", xp, dev, f"cupy:{index}")
 
 
-_explicit: contextvars.ContextVar[str | None] = contextvars.ContextVar("xpcnn_backend", default=None)
+_explicit: contextvars.ContextVar[str | Backend | None] = contextvars.ContextVar("xpcnn_backend", default=None)
 
 
 @functools.lru_cache(maxsize=1)
@@ -151,6 +185,8 @@ def _env_spec() -> str:
 def get_backend() -> Backend:
     """The backend new arrays go to: explicit setting > ``$XPCNN_BACKEND`` > ``numpy``."""
     spec = _explicit.get()
+    if isinstance(spec, Backend):
+        return spec  # a Backend object given to set_backend/using (already resolved)
     if spec is None:
         spec = _env_spec()
     try:
@@ -161,24 +197,31 @@ def get_backend() -> Backend:
 
 
 def set_backend(spec: str | Backend | None) -> Backend:
-    """Choose the backend for this thread/context; ``None`` returns to ``$XPCNN_BACKEND``."""
+    """Choose the backend for this thread/context; ``None`` returns to ``$XPCNN_BACKEND``.
+
+    A :class:`Backend` object is kept as given (so one built by hand, with its own device
+    object, stays in use).  Prefer :func:`using`, which also makes the device current.
+    """
     if spec is None:
         _explicit.set(None)
         return get_backend()
-    spec = spec.spec if isinstance(spec, Backend) else spec
-    backend = resolve(spec)  # validate before switching
+    backend = spec if isinstance(spec, Backend) else resolve(spec)  # validate before switching
     _explicit.set(spec)
     return backend
 
 
 @contextlib.contextmanager
 def using(spec: str | Backend) -> Iterator[Backend]:
-    """Temporarily switch the backend: ``with xpcnn.backend.using("torch"): ...``."""
-    spec = spec.spec if isinstance(spec, Backend) else spec
-    backend = resolve(spec)
+    """Temporarily switch the backend: ``with xpcnn.backend.using("torch"): ...``.
+
+    Inside, the backend's device is current (:func:`device_scope`), so ``using("cupy:1")``
+    runs CuPy's creation functions and kernels on GPU 1.
+    """
+    backend = spec if isinstance(spec, Backend) else resolve(spec)
     token = _explicit.set(spec)
     try:
-        yield backend
+        with device_scope(backend):
+            yield backend
     finally:
         _explicit.reset(token)
 
@@ -242,7 +285,9 @@ def asarray(x: Any, dtype: Any = None, backend: str | Backend | None = None, *,
             target = dtype_name(dtype) if dtype is not None else _dtype_text(x)
             raise ValueError(f"asarray(copy=False): a {backend_name(x)} {_dtype_text(x)} array on {_device_text(x)} "
                              f"cannot become {target} on backend {be.spec} without a copy ({reason})")
-    host = np.asarray(x) if isinstance(x, np.ndarray) or not hasattr(x, "__dlpack__") else to_numpy(x)
+    if _is_device_array(x):
+        return _transfer(x, dtype, be)
+    host = np.asarray(x)
     if dtype is not None:
         host = host.astype(np.dtype(dtype_name(dtype)), copy=False)
     if be.name == "numpy":
@@ -316,7 +361,13 @@ def dtype_name(dtype: Any) -> str:
 
 
 def to_device_like(host: Any, like: Any) -> Any:
-    """Copy a host array onto ``like``'s backend and device, in ``like``'s dtype."""
+    """Copy a host array onto ``like``'s backend and device, in ``like``'s dtype.
+
+    ``host`` may also be an array of any backend and device: it is copied without a
+    detour through ``numpy.asarray`` where both are of the same library.
+    """
+    if _is_device_array(host):
+        return _transfer_like(host, like)
     xp = array_api_compat.array_namespace(like)
     if array_api_compat.is_torch_array(like):
         import torch
@@ -415,6 +466,121 @@ def host_rng(rng: np.random.Generator | int | None = None) -> np.random.Generato
     if rng is None:
         return _default_rng
     return np.random.default_rng(rng)
+
+
+# ----------------------------------------------------------------------------- devices
+
+_xp_dtype = dtype  # the module function, for code whose parameter is named ``dtype``
+
+
+def _is_torch_device(device: Any) -> bool:
+    return type(device).__module__.split(".")[0] == "torch"
+
+
+def device_scope(target: Any = None) -> contextlib.AbstractContextManager[Any]:
+    """A context in which ``target``'s device is the current one.
+
+    ``target``: a :class:`Backend`, an array, a device object, or ``None`` (the current
+    backend).  For a library with a current device (CuPy: ``cupy.cuda.Device`` is itself
+    a context manager that makes its GPU current) the device is entered; elsewhere
+    (NumPy, array-api-strict, PyTorch, whose creation functions honour ``device=``)
+    this is a no-op context.  Re-entrant; cheap enough to enter once per batch.
+    """
+    if target is None:
+        target = get_backend()
+    if isinstance(target, Backend):
+        device = target.device
+    elif _is_device_array(target) or isinstance(target, np.ndarray):
+        device = array_api_compat.device(target)
+    else:
+        device = target
+    if hasattr(device, "__enter__") and hasattr(device, "__exit__") and not _is_torch_device(device):
+        return device
+    return contextlib.nullcontext()
+
+
+def full(shape: tuple[int, ...], value: float, dtype: Any, backend: str | Backend | None = None) -> Any:
+    """``shape`` filled with ``value`` in ``dtype``, on the backend's device (made current while creating)."""
+    be = get_backend() if backend is None else (backend if isinstance(backend, Backend) else resolve(backend))
+    with device_scope(be):
+        return be.xp.full(shape, value, dtype=_xp_dtype(dtype, be.xp), device=be.device)
+
+
+def zeros_like(x: Any) -> Any:
+    """Zeros with ``x``'s shape, dtype and device (the device made current while creating: CuPy's
+    ``zeros_like`` allocates on the *current* GPU, not on ``x``'s)."""
+    xp = array_api_compat.array_namespace(x)
+    with device_scope(x):
+        return xp.zeros(tuple(x.shape), dtype=x.dtype, device=array_api_compat.device(x))
+
+
+def _is_device_array(x: Any) -> bool:
+    """An array of a non-NumPy backend (CuPy, PyTorch, array-api-strict...), on any device."""
+    return not isinstance(x, (np.ndarray, np.generic)) and array_api_compat.is_array_api_obj(x)
+
+
+def _transfer(x: Any, dtype: Any, be: Backend) -> Any:
+    """A copy of the backend array ``x`` on ``be``'s device, in ``dtype`` (None keeps ``x``'s).
+
+    Within one library this is a device-to-device copy (``to_device``), never ``numpy.asarray``
+    (which raises on CuPy arrays); across libraries it goes through the host explicitly.
+    """
+    if array_api_compat.array_namespace(x) is not be.xp:
+        host = to_numpy(x)
+        return asarray(host, dtype=host.dtype if dtype is None else dtype, backend=be)
+    with device_scope(be):
+        y = array_api_compat.to_device(x, be.device)
+        if dtype is not None:
+            y = be.xp.astype(y, _xp_dtype(dtype, be.xp))
+        return be.xp.asarray(y, copy=True) if y is x else y  # never alias the caller's array
+
+
+def _transfer_like(x: Any, like: Any) -> Any:
+    """``x`` (a backend array) copied onto ``like``'s library, device and dtype."""
+    xp = array_api_compat.array_namespace(like)
+    if array_api_compat.array_namespace(x) is not xp:
+        return to_device_like(to_numpy(x), like)
+    with device_scope(like):
+        y = array_api_compat.to_device(x, array_api_compat.device(like))
+        y = xp.astype(y, like.dtype)
+        return xp.asarray(y, copy=True) if y is x else y
+
+
+
+# ----------------------------------------------------------------------------- TF32 on CuPy
+
+#: cuBLAS math modes (cublasMath_t): the default (float32 compute) and TF32 tensor cores.
+CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH = 0, 3
+
+
+def tf32_requested() -> bool:
+    """``CUPY_TF32`` is set to a positive integer (CuPy's own switch, read here the same way)."""
+    try:
+        return int(os.environ.get("CUPY_TF32", "0") or 0) > 0
+    except ValueError:
+        return False
+
+
+def set_cupy_tf32(enabled: bool, cublas: Any = None, handle: int | None = None) -> int:
+    """Put the current GPU's cuBLAS handle (this thread's) in TF32 math mode, or back to the default.
+
+    ``CUPY_TF32=1`` alone makes CuPy pass the TF32 compute type only to its 2-D GEMMs
+    (``cupy.dot``/2-D ``matmul``: the dense layers).  Batched ``matmul`` -- the convolutions'
+    ``(F, K) @ (N, K, L)`` -- calls ``sgemmBatched``/``gemmStridedBatchedEx`` with a plain float32
+    compute type, which follows the handle's math mode instead; :func:`resolve` calls this for
+    ``cupy`` specs when ``CUPY_TF32`` is set, so every GEMM uses TF32.  Returns the mode set.
+    ``cublas``/``handle`` default to CuPy's (injectable for tests).
+    """
+    if cublas is None:
+        cublas = importlib.import_module("cupy_backends.cuda.libs.cublas")
+    if handle is None:
+        import cupy
+
+        handle = cupy.cuda.device.get_cublas_handle()
+    mode = getattr(cublas, "CUBLAS_TF32_TENSOR_OP_MATH", CUBLAS_TF32_TENSOR_OP_MATH) if enabled else \
+        getattr(cublas, "CUBLAS_DEFAULT_MATH", CUBLAS_DEFAULT_MATH)
+    cublas.setMathMode(handle, mode)
+    return int(mode)
 
 
 _resolve = resolve  # the pre-0.2 private name, kept until every caller uses resolve

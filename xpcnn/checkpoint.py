@@ -11,8 +11,11 @@ Layout of the file (an uncompressed zip, readable by ``numpy.load(..., allow_pic
 Loading never executes code: the architecture is rebuilt from registered layer
 types only, and every array is checked against the model's shapes and dtypes.
 The file is written to a temporary name in the same directory, flushed and
-``fsync``-ed, then renamed over the target, so a crash leaves either the old
-checkpoint or the new one, never a torn file.
+``fsync``-ed, then renamed over the target (and the directory ``fsync``-ed), so a
+crash leaves either the old checkpoint or the new one, never a torn file.  The
+file gets the usual permissions (``0666`` less the umask), not the temporary's
+``0600``; temporaries a killed process left behind are removed by
+:func:`remove_stale_temporaries` (``ModelCheckpoint`` calls it when it starts).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import numpy as np
 from . import backend as B
 from .model import Sequential
 
-__all__ = ["CheckpointError", "FORMAT", "VERSION", "load", "load_model", "restore", "save"]
+__all__ = ["CheckpointError", "FORMAT", "VERSION", "load", "load_model", "remove_stale_temporaries", "restore",
+           "save"]
 
 FORMAT = "xpcnn-checkpoint"
 VERSION = 1
@@ -66,14 +70,55 @@ def save(path: str | os.PathLike[str], model: Sequential, optimizer: Any = None,
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            savez: Any = np.savez  # (numpy's stubs take a second positional for allow_pickle)
+            savez(f, **arrays)
             f.flush()
+            os.chmod(tmp, 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename durable: fsync the directory entry (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporaries ``.<name>.*.tmp`` that an interrupted :func:`save` to ``path`` left; returns them.
+
+    :func:`save` removes its temporary on any exception, ``SIGTERM`` included when the process turns it
+    into one (``xpcnn train`` does); only ``SIGKILL`` or a power cut leave one behind.
+    """
+    path = Path(path)
+    removed = []
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
 
 
 def load(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -96,7 +141,8 @@ def load(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.nda
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: metadata is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: expected format {FORMAT!r}, got {meta.get('format') if isinstance(meta, dict) else meta!r}")
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise CheckpointError(f"{path}: expected format {FORMAT!r}, got {found!r}")
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {meta.get('version')} is not supported "
                               f"(this xpcnn reads version {VERSION})")

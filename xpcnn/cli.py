@@ -1,248 +1,217 @@
-"""The ``xpcnn`` command line: ``train``, ``evaluate`` and ``info``.
+"""The ``xpcnn`` command line: ``train``, ``evaluate``, ``predict`` and ``info`` (parser and dispatch;
+one module per command: :mod:`.cli_train`, :mod:`.cli_evaluate`, :mod:`.cli_predict`, :mod:`.cli_info`).
 
     xpcnn train                                  # LeNet-5 on the bundled MNIST, NumPy backend
-    xpcnn train --model bn --dataset fashion-mnist --epochs 15
+    xpcnn train --model bn --dataset fashion-mnist --data-dir DIR
     XPCNN_BACKEND=cupy xpcnn train               # same, on a CUDA GPU
     xpcnn evaluate runs/<run>/checkpoint.npz
+    xpcnn predict runs/<run>/checkpoint.npz digit.png more.npy
     xpcnn info
+
+Every error is one line on stderr; exit codes: 0 success, 1 training failure, 2 bad usage or
+input, 130 Ctrl-C, 143 SIGTERM (the last checkpoint stays intact).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
+import io
+import math
+import os
 import sys
-import time
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import numpy as np
-
-from . import __version__, checkpoint, models, optim, perf, train
+from . import __version__, optim
 from . import backend as B
-from .datasets import augment, load_fashion_mnist, load_mnist, standardize, to_float
+from .cli_common import (
+    DATASETS,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    CLIError,
+    Terminated,
+    one_line,
+    sigterm_raises,
+)
+from .datasets import augment
+from .recipes import RECIPES, SCHEDULES
 
-DEFAULTS = {  # per-model training recipes used when the flag is not given
-    "lenet5": {"optimizer": "adam", "lr": 2e-3, "epochs": 10, "batch_size": 64, "schedule": "cosine",
-               "augment": "shift1"},
-    "simple": {"optimizer": "adam", "lr": 1e-3, "epochs": 20, "batch_size": 100, "schedule": "none",
-               "augment": "none", "normalize": "unit"},
-    "wide": {"optimizer": "adam", "lr": 1e-3, "epochs": 10, "batch_size": 128, "schedule": "cosine",
-             "augment": "shift2"},
-    "bn": {"optimizer": "adam", "lr": 2e-3, "epochs": 15, "batch_size": 128, "schedule": "cosine",
-           "augment": "shift1,flip"},
-}
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``xpcnn train: error: ...``) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _number(kind: str, convert: Any, low: float | None, high: float | None = None, low_open: bool = False,
+            high_open: bool = True) -> Any:
+    """An argparse ``type=`` that converts with ``convert`` and checks a finite value in a range."""
+
+    a_kind = f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {a_kind}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite {kind}, got {text!r}")
+        if (low is not None and (value <= low if low_open else value < low)) or \
+                (high is not None and (value >= high if high_open else value > high)):
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+            hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+            raise argparse.ArgumentTypeError(f"expected {a_kind} {' and '.join(p for p in (lo, hi) if p)}, "
+                                             f"got {text}")
+        return value
+
+    parse.__name__ = kind  # argparse names the type in its own messages
+    return parse
+
+
+def _augment_spec(text: str) -> str:
+    try:
+        augment.parse_augment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+_POSITIVE_INT = _number("integer", int, 1)
+_NON_NEGATIVE_INT = _number("integer", int, 0)
+_POSITIVE_FLOAT = _number("number", float, 0.0, low_open=True)
+_NON_NEGATIVE_FLOAT = _number("number", float, 0.0)
+_FRACTION = _number("fraction", float, 0.0, 1.0)
+
+
+def _recipe_table() -> str:
+    head = f"{'model':8} {'dataset':14} {'optimizer':9} {'lr':>7} {'epochs':>6} {'batch':>5} {'schedule':8} augment"
+    rows = [f"{name:8} {r.dataset:14} {r.optimizer:9} {r.lr:>7g} {r.epochs:>6} {r.batch_size:>5} {r.schedule:8} "
+            f"{r.augment}" for name, r in RECIPES.items()]
+    return "per-model defaults (xpcnn/recipes.py), used for every flag not given:\n  " + "\n  ".join([head, *rows])
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xpcnn", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="xpcnn", description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--version", action="version", version=f"xpcnn {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,info}")
+    fmt = argparse.RawDescriptionHelpFormatter
 
-    t = sub.add_parser("train", help="train a model and write a run directory")
-    t.add_argument("--model", choices=sorted(DEFAULTS), default="lenet5")
-    t.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
-    t.add_argument("--data-dir", help="directory with the four IDX files (default: see the README's lookup order)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--optimizer", choices=sorted(optim.OPTIMIZERS))
-    t.add_argument("--lr", type=float)
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--schedule", choices=["none", "cosine", "step"])
-    t.add_argument("--augment", help="host-side augmentation: none, shift[N] (random N-pixel shifts), flip, "
-                   "or a comma list such as shift2,flip")
-    t.add_argument("--val-split", type=float, default=None, help="hold out this fraction of train for validation")
-    t.add_argument("--limit", type=int, default=None, help="use only the first N training images (quick runs)")
-    t.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("train", help="train a model and write a run directory", formatter_class=fmt,
+                       description="Train a model with its recipe and write runs/<model>-<dataset>-<time>/: "
+                       "checkpoint.npz, metrics.json, metrics.csv and (with matplotlib) plots. 10%% of the "
+                       "training set is held out for per-epoch validation; the test set is evaluated once, at "
+                       "the end.", epilog=_recipe_table())
+    t.add_argument("--model", choices=sorted(RECIPES), help="architecture and recipe (default: lenet5)")
+    t.add_argument("--dataset", choices=sorted(DATASETS), help="default: the recipe's (see below)")
+    t.add_argument("--data-dir", "--data", dest="data_dir", metavar="PATH",
+                   help="directory with the four IDX files, or the .npz file of --dataset npz "
+                   "(default: the lookup order in the README)")
+    t.add_argument("--epochs", type=_POSITIVE_INT, help="total epochs, resumed ones included (default: recipe)")
+    t.add_argument("--batch-size", type=_POSITIVE_INT, help="default: recipe")
+    t.add_argument("--optimizer", choices=sorted(optim.OPTIMIZERS), help="default: recipe")
+    t.add_argument("--lr", type=_POSITIVE_FLOAT, help="learning rate (default: recipe); applied on --resume too")
+    t.add_argument("--weight-decay", type=_NON_NEGATIVE_FLOAT, help="default: 0; applied on --resume too")
+    t.add_argument("--schedule", choices=SCHEDULES, help="LR schedule, stepped per epoch (default: recipe)")
+    t.add_argument("--augment", type=_augment_spec, help=f"augmentation, drawn on the host and applied where "
+                   f"the data is (default: recipe): "
+                   f"{augment.SPEC_HELP}")
+    t.add_argument("--val-split", type=_FRACTION, help="fraction of the training set held out for per-epoch "
+                   "validation, drawn from the seed; 0 trains on everything (default: 0.1)")
+    t.add_argument("--limit", type=_POSITIVE_INT, help="use only the first N training images (quick runs)")
+    t.add_argument("--seed", type=_NON_NEGATIVE_INT, help="seeds initialisation, split, shuffling, dropout "
+                   "(default: 0)")
+    t.add_argument("--early-stop", type=_POSITIVE_INT, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a better --monitor value; test on the best weights")
+    t.add_argument("--save-best", action="store_true", help="also keep best.npz, the best epoch by --monitor")
+    t.add_argument("--monitor", choices=["val_loss", "val_accuracy"], default="val_loss",
+                   help="validation metric for --early-stop and --save-best (default: val_loss)")
     t.add_argument("--backend", help="backend spec, overrides $XPCNN_BACKEND (numpy, cupy, cupy:1, torch, ...)")
-    t.add_argument("--on-device", action="store_true", help="keep the whole data set on the device")
-    t.add_argument("--out", help="run directory (default runs/<model>-<dataset>-<time>)")
-    t.add_argument("--resume", help="checkpoint to continue from")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--on-device", action="store_true",
+                   help="keep the whole data set on the device (batches and augmentation made there)")
+    t.add_argument("--check-every", type=_POSITIVE_INT, default=50, metavar="K",
+                   help="read the loss from the device every K steps (divergence check, progress; default 50)")
+    t.add_argument("--out", help="a new (or empty) run directory (default: runs/<model>-<dataset>-<time>)")
+    t.add_argument("--resume", metavar="CHECKPOINT", help="continue that run (same model, data, seed, split) "
+                   "up to --epochs, in a new run directory")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
 
-    e = sub.add_parser("evaluate", help="evaluate a checkpoint on a test set")
+    e = sub.add_parser("evaluate", help="test loss and accuracy of a checkpoint")
     e.add_argument("checkpoint")
-    e.add_argument("--dataset", choices=["mnist", "fashion-mnist"], help="default: the one it was trained on")
-    e.add_argument("--data-dir")
+    e.add_argument("--dataset", choices=sorted(DATASETS), help="default: the one it was trained on")
+    e.add_argument("--data-dir", "--data", dest="data_dir", metavar="PATH")
     e.add_argument("--backend")
+    e.add_argument("--batch-size", type=_POSITIVE_INT, default=512, help="default: 512")
 
-    sub.add_parser("info", help="backend, device, versions and BLAS")
+    r = sub.add_parser("predict", help="classify images (.npy, IDX, PNG) with a checkpoint")
+    r.add_argument("checkpoint")
+    r.add_argument("images", nargs="+", metavar="IMAGE",
+                   help=".npy (H, W) or (N, H, W) or (N, C, H, W); IDX (.gz or raw); 8-bit PNG")
+    r.add_argument("--backend")
+    r.add_argument("--top", type=_POSITIVE_INT, default=1, help="show the K most likely classes (default: 1)")
+    r.add_argument("--json", action="store_true", help="print JSON instead of one line per image")
+
+    sub.add_parser("info", help="backend, device, kernel sets, versions and BLAS")
     return p
 
 
-def _load_data(name: str, data_dir: str | None):
-    return (load_mnist if name == "mnist" else load_fashion_mnist)(data_dir)
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        from .cli_train import cmd_train
+
+        return cmd_train(args)
+    if args.command == "evaluate":
+        from .cli_evaluate import cmd_evaluate
+
+        return cmd_evaluate(args)
+    if args.command == "predict":
+        from .cli_predict import cmd_predict
+
+        return cmd_predict(args)
+    from .cli_info import cmd_info
+
+    return cmd_info(args)
 
 
-def _standardize(x_uint8: np.ndarray, stats: dict[str, float]) -> np.ndarray:
-    return standardize(to_float(x_uint8), stats["mean"], stats["std"])[0]
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    perf.tune_malloc()  # this process only: keep NumPy's large temporaries in the heap (see xpcnn.perf)
-    if args.backend:
-        B.set_backend(args.backend)
-    recipe = {k: v for k, v in DEFAULTS[args.model].items()}
-    for key in recipe:
-        if getattr(args, key, None) is not None:
-            recipe[key] = getattr(args, key)
-    if args.on_device and args.augment is None and recipe["augment"] != "none":
-        # the recipe's augmentation runs on the host, which on_device rules out; an explicit --augment still errors
-        print(f"--on-device: the host-side augmentation {recipe['augment']!r} of the {args.model} recipe is off")
-        recipe["augment"] = "none"
-    be = B.get_backend()
-    out = Path(args.out or f"runs/{args.model}-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"xpcnn {__version__}: training {args.model} on {args.dataset}, backend {be}, run directory {out}")
-
-    ds = _load_data(args.dataset, args.data_dir)
-    x_train, y_train = ds.x_train, ds.y_train
-    if args.limit:
-        x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    if recipe.get("normalize", "standardize") == "unit":  # pixels / 255 in [0, 1], as in the book
-        x_train_f, mean, std = to_float(x_train), 0.0, 1.0
-    else:
-        x_train_f, mean, std = standardize(to_float(x_train))
-    stats = {"mean": mean, "std": std}
-    x_test_f = _standardize(ds.x_test, stats)
-
-    model = models.build(args.model, rng=B.seed_stream(args.seed, "init"))
-    print(model.summary((1, 1, 28, 28)))
-    opt = optim.OPTIMIZERS[recipe["optimizer"]](model.parameters(), lr=recipe["lr"], weight_decay=args.weight_decay)
-    scheduler = None
-    if recipe["schedule"] == "cosine":
-        scheduler = optim.CosineLR(opt, t_max=recipe["epochs"])
-    elif recipe["schedule"] == "step":
-        scheduler = optim.StepLR(opt, step_size=max(1, recipe["epochs"] // 3), gamma=0.1)
-
-    extra = {"model": args.model, "dataset": args.dataset, "normalization": stats, "recipe": recipe,
-             "seed": args.seed, "backend": str(be)}
-    val_split = args.val_split or None  # 0 means no split
-    val = None if val_split else (x_test_f, ds.y_test)
-    history = train.fit(model, opt, (x_train_f, y_train), val=val, val_split=val_split,
-                        epochs=recipe["epochs"], batch_size=recipe["batch_size"], scheduler=scheduler,
-                        callbacks=[train.ModelCheckpoint(out / "checkpoint.npz")], seed=args.seed,
-                        on_device=args.on_device, transform=augment.build(recipe["augment"], fill=-mean / std),
-                        resume=args.resume, progress=not args.no_progress, extra=extra)
-
-    test = train.evaluate(model, (x_test_f, ds.y_test), on_device=args.on_device)
-    preds = _predict_labels(model, x_test_f)
-    metrics = {"model": args.model, "dataset": args.dataset, "backend": str(be), "recipe": recipe,
-               "seed": args.seed, "train_samples": int(x_train.shape[0]), "epochs": history.epochs,
-               "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-               "train_time_s": sum(e["time_s"] for e in history.epochs)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    _plots(out, history.epochs, ds.y_test, preds, val_label="validation" if args.val_split else "test")
-    print(f"test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}  "
-          f"training time {metrics['train_time_s']:.0f}s  ->  {out}")
-    return 0
-
-
-def _predict_labels(model: Any, x: np.ndarray) -> np.ndarray:
-    logits = model.predict(B.asarray(x))
-    return np.argmax(B.to_numpy(logits), axis=1)
-
-
-def _plots(out: Path, epochs: list[dict[str, float]], y_true: np.ndarray, y_pred: np.ndarray,
-           val_label: str = "validation") -> None:
+def _silence_stdout() -> None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: skipping plots (pip install 'xpcnn[plots]')")
-        return
-    ep = [e["epoch"] for e in epochs]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(ep, [e["loss"] for e in epochs], "o-", label="train")
-    ax2.plot(ep, [e["accuracy"] for e in epochs], "o-", label="train")
-    if epochs and "val_loss" in epochs[0]:
-        ax1.plot(ep, [e["val_loss"] for e in epochs], "o-", label=val_label)
-        ax2.plot(ep, [e["val_accuracy"] for e in epochs], "o-", label=val_label)
-    for ax, name in ((ax1, "loss"), (ax2, "accuracy")):
-        ax.set_xlabel("epoch"), ax.set_ylabel(name), ax.grid(alpha=0.3), ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "learning_curves.png", dpi=100)
-    plt.close(fig)
-
-    k = int(max(y_true.max(), y_pred.max())) + 1
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (y_true.astype(np.int64), y_pred.astype(np.int64)), 1)
-    fig, ax = plt.subplots(figsize=(6, 5.5))
-    im = ax.imshow(cm, cmap="Blues")
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
-    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_xticks(range(k)), ax.set_yticks(range(k))
-    ax.set_title("test confusion matrix")
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(out / "confusion_matrix.png", dpi=100)
-    plt.close(fig)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.backend:
-        B.set_backend(args.backend)
-    model, meta = checkpoint.load_model(args.checkpoint)
-    extra = meta.get("extra", {})
-    dataset = args.dataset or extra.get("dataset", "mnist")
-    stats = extra.get("normalization")
-    if stats is None:
-        raise SystemExit(f"{args.checkpoint} has no normalization statistics; it was not written by `xpcnn train`")
-    ds = _load_data(dataset, args.data_dir)
-    result = train.evaluate(model, (_standardize(ds.x_test, stats), ds.y_test))
-    print(json.dumps({"checkpoint": str(args.checkpoint), "dataset": dataset, "epoch": meta["epoch"],
-                      "test_loss": result["loss"], "test_accuracy": result["accuracy"]}, indent=2))
-    return 0
-
-
-def info() -> dict[str, Any]:
-    """Versions, the current backend and device, the available backends and NumPy's BLAS."""
-    import array_api_compat
-
-    result: dict[str, Any] = {
-        "xpcnn": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
-        "numpy": np.__version__, "array_api_compat": array_api_compat.__version__,
-    }
-    try:
-        be = B.get_backend()
-        result.update(backend=be.name, device=str(be.device))
-    except B.BackendError as exc:
-        result.update(backend=f"error: {exc}")
-    result["available_backends"] = B.available_backends()
-    for mod in ("cupy", "torch", "array_api_strict"):
-        try:
-            result[mod] = __import__(mod).__version__
-        except ImportError:
-            result[mod] = None
-    try:
-        from threadpoolctl import threadpool_info
-
-        result["blas"] = [{k: v for k, v in lib.items() if k in ("internal_api", "version", "num_threads",
-                                                                   "architecture")}
-                          for lib in threadpool_info() if lib.get("user_api") == "blas"]
-    except ImportError:
-        config = np.show_config(mode="dicts") if "mode" in np.show_config.__code__.co_varnames else {}
-        result["blas"] = config.get("Build Dependencies", {}).get("blas", {})
-    return result
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see the module docstring)."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "evaluate":
-            return cmd_evaluate(args)
-        print(json.dumps(info(), indent=2))
-        return 0
-    except (B.BackendError, FileNotFoundError, ValueError) as exc:
-        print(f"xpcnn: error: {exc}", file=sys.stderr)
-        return 2
+        with sigterm_raises():
+            return _run(args)
+    except KeyboardInterrupt as exc:
+        print(f"xpcnn: interrupted (Ctrl-C){'; ' + str(exc) if str(exc) else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated as exc:
+        print(f"xpcnn: terminated (SIGTERM){'; ' + str(exc) if str(exc) else ''}", file=sys.stderr)
+        return EXIT_TERMINATED
+    except CLIError as exc:
+        print(f"xpcnn: error: {one_line(str(exc))}", file=sys.stderr)
+        return exc.code
+    except (B.BackendError, FileNotFoundError, ValueError, TypeError, RuntimeError) as exc:
+        print(f"xpcnn: error: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `xpcnn info | head`: the reader left; stay quiet
+        _silence_stdout()
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"xpcnn: error: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:  # a bug: still one line, with the type to report it by
+        print(f"xpcnn: internal error: {type(exc).__name__}: {one_line(str(exc))}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -72,11 +72,12 @@ class Sequential:
         """
         ref = next((p.value for p in self.parameters()), None)
         if ref is not None and (not _same_backend(x, ref) or x.dtype != ref.dtype):
-            x = B.to_device_like(B.to_numpy(x), ref)
+            x = B.to_device_like(x, ref)  # device to device where it can (no host detour)
         xp = array_api_compat.array_namespace(x)
         n = x.shape[0]
-        outs = [self.forward(x[i:min(i + batch_size, n), ...], train=False) for i in range(0, n, batch_size)]
-        return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
+        with B.device_scope(x):  # cupy:N: the model's GPU current while its ops create arrays
+            outs = [self.forward(x[i:min(i + batch_size, n), ...], train=False) for i in range(0, n, batch_size)]
+            return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
 
     # -- parameters and state -------------------------------------------------------------------
     def parameters(self) -> list[ParamRef]:

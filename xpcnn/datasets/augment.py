@@ -5,6 +5,12 @@ A transform is a callable ``transform(xb, rng) -> xb`` on a NumPy batch; the
 to the backend, with its own seeded host generator, so augmented runs are
 reproducible, resume exactly, and give the same numbers on every backend.
 
+On the device (``BatchIterator(..., on_device=True)``): every transform here also splits
+into ``draw(n, rng)`` (its random parameters for ``n`` images, drawn on the host exactly as
+``__call__`` draws them) and ``apply(xb, params)`` (any Array API namespace and device), so the
+loader draws a whole epoch's parameters on the host, copies them to the device once and applies
+them there: the same seed gives the same batches as the host path.
+
 Transforms: :class:`RandomShift` (random translation), :class:`RandomCrop` (pad,
 then crop back to the input size at a random place: the ResNet CIFAR recipe),
 :class:`RandomHorizontalFlip`, :class:`Compose`.  They work for any number of
@@ -21,8 +27,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import array_api_compat
 import numpy as np
+
+from ..backend import device_scope
 
 __all__ = [
     "SPEC_HELP",
@@ -32,7 +42,11 @@ __all__ = [
     "RandomShift",
     "Transform",
     "build",
+    "concat_params",
+    "map_params",
+    "on_device",
     "parse_augment",
+    "slice_params",
 ]
 
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -51,14 +65,49 @@ def _translate(xb: np.ndarray, s: int, fill: float, rng: np.random.Generator) ->
     Draws ``rng.integers(0, 2 s + 1, size=(2, B))``: the window's top rows, then its left columns,
     so image ``b`` becomes ``out[b, :, i, j] = xb[b, :, i + dy - s, j + dx - s]`` (``fill`` outside).
     """
+    return _translate_host(xb, s, fill, _draw_offsets(xb.shape[0], s, rng))
+
+
+def _draw_offsets(n: int, s: int, rng: np.random.Generator) -> np.ndarray:
+    """``(2, n)`` window offsets in ``[0, 2 s]``: rows, then columns."""
+    return rng.integers(0, 2 * s + 1, size=(2, n))
+
+
+def _translate_host(xb: np.ndarray, s: int, fill: float, offsets: np.ndarray) -> np.ndarray:
     b, c, h, w = xb.shape
     padded = np.full((b, c, h + 2 * s, w + 2 * s), fill, dtype=xb.dtype)
     padded[:, :, s:s + h, s:s + w] = xb
-    dy, dx = rng.integers(0, 2 * s + 1, size=(2, b))
+    dy, dx = offsets
     rows = dy[:, None] + np.arange(h)  # (B, H): window start per image
     cols = dx[:, None] + np.arange(w)
     out = np.take_along_axis(padded, rows[:, None, :, None], axis=2)
     return np.take_along_axis(out, cols[:, None, None, :], axis=3)
+
+
+def _translate_xp(xb: Any, s: int, fill: float, offsets: Any) -> Any:
+    """:func:`_translate_host` on any namespace and device: one gather of a flat index.
+
+    xb: (B, C, H, W); offsets: (2, B) integers on ``xb``'s device.
+    """
+    xp = array_api_compat.array_namespace(xb)
+    dev = array_api_compat.device(xb)
+    b, c, h, w = xb.shape
+    hp, wp = h + 2 * s, w + 2 * s
+    padded = xp.full((b, c, hp, wp), fill, dtype=xb.dtype, device=dev)
+    padded[:, :, s:s + h, s:s + w] = xb
+    offsets = xp.astype(offsets, xp.int64)
+    rows = xp.reshape(offsets[0, ...], (b, 1, 1)) + xp.reshape(xp.arange(h, dtype=xp.int64, device=dev), (1, h, 1))
+    cols = xp.reshape(offsets[1, ...], (b, 1, 1)) + xp.reshape(xp.arange(w, dtype=xp.int64, device=dev), (1, 1, w))
+    flat = xp.reshape(rows * wp + cols, (b, 1, h * w))  # (B, 1, H*W): source pixel in the padded image
+    out = xp.take_along_axis(xp.reshape(padded, (b, c, hp * wp)), xp.broadcast_to(flat, (b, c, h * w)), axis=2)
+    return xp.reshape(out, (b, c, h, w))
+
+
+def _apply_translate(xb: Any, s: int, fill: float, offsets: Any) -> Any:
+    if isinstance(xb, np.ndarray):
+        return _translate_host(xb, s, fill, np.asarray(offsets))
+    with device_scope(xb):  # CuPy creates on the current GPU, whatever device= says
+        return _translate_xp(xb, s, fill, offsets)
 
 
 class RandomShift:
@@ -78,6 +127,14 @@ class RandomShift:
         if self.max_shift == 0:
             return xb
         return _translate(xb, self.max_shift, self.fill, rng)
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray | None:
+        """The parameters ``__call__`` would draw for ``n`` images: offsets ``(2, n)`` (None when a no-op)."""
+        return None if self.max_shift == 0 else _draw_offsets(n, self.max_shift, rng)
+
+    def apply(self, xb: Any, params: Any) -> Any:
+        """Shift ``xb: (B, C, H, W)`` (any namespace) by the offsets from :meth:`draw`."""
+        return xb if params is None else _apply_translate(xb, self.max_shift, self.fill, params)
 
     def __repr__(self) -> str:
         return f"RandomShift(max_shift={self.max_shift}, fill={self.fill})"
@@ -106,6 +163,14 @@ class RandomCrop:
             return xb
         return _translate(xb, self.padding, self.fill, rng)
 
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray | None:
+        """The parameters ``__call__`` would draw for ``n`` images: offsets ``(2, n)`` (None when a no-op)."""
+        return None if self.padding == 0 else _draw_offsets(n, self.padding, rng)
+
+    def apply(self, xb: Any, params: Any) -> Any:
+        """Crop ``xb: (B, C, H, W)`` (any namespace) at the offsets from :meth:`draw`."""
+        return xb if params is None else _apply_translate(xb, self.padding, self.fill, params)
+
     def __repr__(self) -> str:
         return f"RandomCrop(padding={self.padding}, fill={self.fill})"
 
@@ -124,6 +189,21 @@ class RandomHorizontalFlip:
         out[flip] = xb[flip][..., ::-1]
         return out
 
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """The parameters ``__call__`` would draw for ``n`` images: which to flip, ``(n,)`` bool."""
+        return rng.random(n) < self.p
+
+    def apply(self, xb: Any, params: Any) -> Any:
+        """Flip the images of ``xb: (B, C, H, W)`` (any namespace) that :meth:`draw` chose."""
+        if isinstance(xb, np.ndarray):
+            flip = np.asarray(params)
+            out = xb.copy()
+            out[flip] = xb[flip][..., ::-1]
+            return out
+        xp = array_api_compat.array_namespace(xb)
+        mask = xp.reshape(params, (xb.shape[0],) + (1,) * (xb.ndim - 1))
+        return xp.where(mask, xp.flip(xb, axis=-1), xb)
+
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"
 
@@ -139,8 +219,52 @@ class Compose:
             xb = t(xb, rng)
         return xb
 
+    def draw(self, n: int, rng: np.random.Generator) -> tuple[Any, ...]:
+        """Each transform's parameters for ``n`` images, in order (the draws ``__call__`` makes)."""
+        return tuple(t.draw(n, rng) for t in self.transforms)  # type: ignore[attr-defined]
+
+    def apply(self, xb: Any, params: tuple[Any, ...]) -> Any:
+        for t, p in zip(self.transforms, params, strict=True):
+            xb = t.apply(xb, p)  # type: ignore[attr-defined]
+        return xb
+
     def __repr__(self) -> str:
         return f"Compose({self.transforms!r})"
+
+
+def on_device(transform: Any) -> bool:
+    """``transform`` can run on device arrays: it has ``draw(n, rng)`` and ``apply(xb, params)``
+    (every transform here does; a Compose only if all its parts do)."""
+    if isinstance(transform, Compose):
+        return all(on_device(t) for t in transform.transforms)
+    return callable(getattr(transform, "draw", None)) and callable(getattr(transform, "apply", None))
+
+
+def concat_params(parts: Sequence[Any]) -> Any:
+    """Parameters of consecutive batches joined along their last (image) axis, leaf by leaf.
+
+    Leaves are host arrays whose last axis is the image (offsets ``(2, n)``, flips ``(n,)``) or None.
+    """
+    first = parts[0]
+    if first is None:
+        return None
+    if isinstance(first, tuple):
+        return tuple(concat_params([p[i] for p in parts]) for i in range(len(first)))
+    return np.concatenate([np.asarray(p) for p in parts], axis=-1)
+
+
+def map_params(params: Any, fn: Callable[[Any], Any]) -> Any:
+    """``fn`` applied to every array leaf of ``params`` (None stays None)."""
+    if params is None:
+        return None
+    if isinstance(params, tuple):
+        return tuple(map_params(p, fn) for p in params)
+    return fn(params)
+
+
+def slice_params(params: Any, start: int, stop: int) -> Any:
+    """The images ``start:stop`` of joined parameters (on the host or the device)."""
+    return map_params(params, lambda a: a[..., start:stop])
 
 
 _SIZED = re.compile(r"(shift|crop)([0-9]*)")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import backend as B
+from . import augment
 
 __all__ = ["BatchIterator"]
 
@@ -44,12 +45,19 @@ class BatchIterator:
         x_dtype: dtype of ``xb`` (``None`` keeps ``x``'s dtype).
         y_dtype: dtype of ``yb`` (default int64, the class-index dtype).
         backend: backend to deliver to (default: the current one at construction).
-        transform: a host-side augmentation ``transform(xb, rng) -> xb`` applied to
-            each batch (after the dtype conversion) with this iterator's ``rng``;
-            see :mod:`xpcnn.datasets.augment`.  Not available with ``on_device``.
+        transform: an augmentation ``transform(xb, rng) -> xb`` applied to each batch
+            (after the dtype conversion) with this iterator's ``rng``; see
+            :mod:`xpcnn.datasets.augment`.  With ``on_device`` it must also have
+            ``draw``/``apply`` (all of :mod:`~xpcnn.datasets.augment`'s do): the epoch's
+            parameters are drawn on the host at ``iter()``, in the order the host path
+            draws them, copied to the device in one transfer and applied there, so both
+            paths give the same batches.
 
     Yields:
         ``xb: (B, ...)`` of ``x_dtype`` and ``yb: (B, ...)`` of ``y_dtype``, on the backend.
+
+    Labels: :attr:`label_range` is ``(min, max)`` of integer labels, read once on the host here,
+    so the training loop checks them against the model's classes without reading the device.
 
     Checkpointing: :meth:`state_dict` (JSON-serialisable: the epoch count and
     ``rng.bit_generator.state``) taken between epochs and restored with
@@ -87,9 +95,9 @@ class BatchIterator:
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.on_device = bool(on_device)
-        if transform is not None and self.on_device:
-            raise ValueError("host-side transforms cannot run with on_device=True; augment on the host or drop "
-                             "on_device")
+        if transform is not None and self.on_device and not augment.on_device(transform):
+            raise ValueError(f"transform {transform!r} runs on the host only (it has no draw(n, rng) and "
+                             "apply(xb, params)); use the transforms of xpcnn.datasets.augment or drop on_device")
         self.transform = transform
         self.rng = B.host_rng(rng)
         #: Number of epochs started (calls to ``iter()``).
@@ -97,6 +105,10 @@ class BatchIterator:
         self._x_np_dtype = x.dtype if x_dtype is None else np.dtype(B.dtype_name(x_dtype))
         self._y_np_dtype = np.dtype(B.dtype_name(y_dtype))
         self.x, self.y = x, y
+        #: ``(min, max)`` of integer labels (read on the host once), else None.
+        self.label_range: tuple[int, int] | None = None
+        if y.dtype.kind in "iub" and y.size:
+            self.label_range = (int(y.min()), int(y.max()))
         self._x_dev = self._y_dev = None
         if self.on_device:
             self._x_dev = B.asarray(x, dtype=self._x_np_dtype, backend=self.backend)
@@ -106,6 +118,11 @@ class BatchIterator:
     def num_samples(self) -> int:
         """``N``, the number of samples."""
         return int(self.x.shape[0])
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Samples delivered per epoch (``N``, less a dropped last batch)."""
+        return len(self) * self.batch_size if self.drop_last else self.num_samples
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -136,9 +153,21 @@ class BatchIterator:
     def _device_batches(self, order: np.ndarray) -> Iterator[tuple[Any, Any]]:
         xp = self.backend.xp
         order_dev = B.asarray(order.astype(np.int64), backend=self.backend)  # one transfer per epoch
+        params = self._epoch_params()  # drawn now, like the permutation: the host path's draws, in its order
         for start, stop in self._bounds():
             idx = order_dev[start:stop]
-            yield xp.take(self._x_dev, idx, axis=0), xp.take(self._y_dev, idx, axis=0)
+            xb = xp.take(self._x_dev, idx, axis=0)
+            if params is not None:
+                with B.device_scope(self.backend):
+                    xb = self.transform.apply(xb, augment.slice_params(params, start, stop))
+            yield xb, xp.take(self._y_dev, idx, axis=0)
+
+    def _epoch_params(self) -> Any:
+        """The transform's parameters for every batch of the epoch, on the device (one copy per leaf)."""
+        if self.transform is None:
+            return None
+        host = augment.concat_params([self.transform.draw(stop - start, self.rng) for start, stop in self._bounds()])
+        return augment.map_params(host, lambda a: B.asarray(a, backend=self.backend))
 
     def state_dict(self) -> dict[str, Any]:
         """``{"epoch": int, "rng": rng.bit_generator.state}``; JSON-serialisable (ints, strings)."""

@@ -22,6 +22,7 @@ from .conv import ConvCache, check_conv_args, col2im, conv2d, conv2d_backward, c
 from .dense import check_dense_args, dense, dense_backward, dense_forward
 from .dropout import dropout_backward, dropout_forward, dropout_mask
 from .loss import (
+                         check_label_range,
                          check_labels,
                          mean_squared_error,
                          mean_squared_error_backward,
@@ -44,7 +45,8 @@ from .pool import (
 __all__ = [
     "BatchNormCache", "ConvCache", "PoolCache", "avg_pool2d", "avg_pool2d_backward", "avg_pool2d_forward",
     "batch_norm_backward", "batch_norm_forward", "check_batch_norm_args", "check_conv_args", "check_dense_args",
-    "check_labels", "col2im", "conv2d", "conv2d_backward", "conv2d_forward", "conv_geometry", "dense",
+    "check_label_range", "check_labels", "col2im", "conv2d", "conv2d_backward", "conv2d_forward", "conv_geometry",
+    "dense",
     "dense_backward", "dense_forward", "dropout_backward", "dropout_forward", "dropout_mask", "im2col",
     "leaky_relu", "leaky_relu_backward", "log_softmax", "max_pool2d", "max_pool2d_backward", "max_pool2d_forward",
     "mean_squared_error", "mean_squared_error_backward", "one_hot", "pool_geometry", "relu", "relu_backward",

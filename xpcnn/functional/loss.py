@@ -18,6 +18,7 @@ __all__ = [
     "mean_squared_error",
     "mean_squared_error_backward",
     "one_hot",
+    "check_label_range",
     "check_labels",
     "softmax_cross_entropy",
     "softmax_cross_entropy_backward",
@@ -33,7 +34,8 @@ def one_hot(labels: Any, num_classes: int, dtype: Any) -> Any:
     return xp.astype(xp.reshape(labels, (-1, 1)) == xp.reshape(classes, (1, -1)), dtype)
 
 
-def _check_labels(xp: Any, logits: Any, labels: Any) -> None:
+def _check_labels(xp: Any, logits: Any, labels: Any, values: bool = True) -> None:
+    """Shapes and dtypes (metadata only); with ``values``, also the label range (reads the device)."""
     check_rank(logits, 2, "logits", "(N, C)")
     check_rank(labels, 1, "labels", "(N,) integer class indices")
     check_floating(logits, "logits")
@@ -41,12 +43,20 @@ def _check_labels(xp: Any, logits: Any, labels: Any) -> None:
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     if labels.shape[0] != logits.shape[0]:
         raise ValueError(f"batch size mismatch: logits have {logits.shape[0]} rows, labels have {labels.shape[0]}")
-    n_classes = logits.shape[1]
-    if labels.shape[0] > 0:
-        lo, hi = int(xp.min(labels)), int(xp.max(labels))
-        if lo < 0 or hi >= n_classes:
-            raise ValueError(f"labels must lie in [0, {n_classes}) for logits with {n_classes} classes, "
-                             f"got values in [{lo}, {hi}]")
+    if values and labels.shape[0] > 0:
+        check_label_range(int(xp.min(labels)), int(xp.max(labels)), logits.shape[1])
+
+
+def check_label_range(lo: int, hi: int, n_classes: int) -> None:
+    """Labels whose smallest value is ``lo`` and largest ``hi`` must lie in ``[0, n_classes)``.
+
+    Host integers only: the training loop reads a data set's range once, on the host
+    (:attr:`xpcnn.datasets.BatchIterator.label_range`), and checks it here against the
+    model's output width, instead of reading the device's labels every step.
+    """
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(f"labels must lie in [0, {n_classes}) for logits with {n_classes} classes, "
+                         f"got values in [{lo}, {hi}]")
 
 
 def softmax_cross_entropy(logits: Any, labels: Any) -> tuple[Any, Any]:
@@ -79,9 +89,13 @@ def _softmax_cross_entropy_backward(dout: Any, cache: tuple[Any, Any]) -> Any:
     return dlogits if dout is None else dlogits * dout
 
 
-def check_labels(logits: Any, labels: Any) -> None:
-    """Validate logits ``(N, C)`` and integer labels ``(N,)`` in ``[0, C)`` (reads the label range)."""
-    _check_labels(namespace(logits, labels), logits, labels)
+def check_labels(logits: Any, labels: Any, values: bool = True) -> None:
+    """Validate logits ``(N, C)`` and integer labels ``(N,)``; with ``values``, also that they lie in ``[0, C)``.
+
+    ``values=True`` reads the label range from the labels' device (a host sync on a GPU);
+    ``values=False`` checks only shapes and dtypes, for labels validated on the host before.
+    """
+    _check_labels(namespace(logits, labels), logits, labels, values)
 
 
 def softmax_cross_entropy_backward(probs: Any, labels: Any) -> Any:

@@ -108,8 +108,7 @@ class Layer(abc.ABC):
 
     @staticmethod
     def _constant(value: float, shape: tuple[int, ...], dtype: str) -> Any:
-        be = B.get_backend()
-        return be.xp.full(shape, value, dtype=B.dtype(dtype, be.xp), device=be.device)
+        return B.full(shape, value, dtype)  # the device made current: compat's CuPy ignores device=
 
     def _check_input_dtype(self, x: Any) -> None:
         ref = next(iter(self.params.values()), None)

@@ -109,9 +109,8 @@ class Optimizer:
         self._t: dict[str, int] = {ref.name: 0 for ref in params}
         self.state: dict[str, dict[str, Any]] = {}
         for ref in params:
-            value = ref.value
-            xp = array_api_compat.array_namespace(value)
-            self.state[ref.name] = {slot: xp.zeros_like(value) for slot in self.slot_names}
+            # on the parameter's device even for cupy:N (CuPy's zeros_like uses the current GPU)
+            self.state[ref.name] = {slot: _backend.zeros_like(ref.value) for slot in self.slot_names}
         # the array each parameter held after our last step: an unchanged one needs no placement check
         self._written: dict[str, Any] = {}
 
