@@ -240,6 +240,9 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+_LAYERS: Any = XL  # layer types that only newer xpcnn versions have are looked up here (see hasattr below)
+
+
 def _residual_module(layer: Any, nn: Any, convert: Convert, path: str) -> Any:
     from .pytorch import Residual
 
@@ -249,7 +252,7 @@ def _residual_module(layer: Any, nn: Any, convert: Convert, path: str) -> Any:
 
 def _residual_layer(m: Any, dtype: str, convert: Convert, path: str) -> Any:
     shortcut = None if m.shortcut is None else convert(m.shortcut, _join(path, "shortcut"))
-    return XL.Residual(convert(m.body, _join(path, "body")), shortcut)
+    return _LAYERS.Residual(convert(m.body, _join(path, "body")), shortcut)
 
 
 def _gap_module(layer: Any, nn: Any, convert: Convert, path: str) -> Any:
@@ -262,7 +265,7 @@ def _gap_layer(m: Any, dtype: str, convert: Convert, path: str) -> Any:
     if module_key(m) == "torch.nn.AdaptiveAvgPool2d" and _pair(m.output_size) != (1, 1):
         raise _unsupported(m, path, f"AdaptiveAvgPool2d(output_size={m.output_size}): only output_size=1 (the "
                                     "global average) is supported")
-    return XL.GlobalAvgPool2D()
+    return _LAYERS.GlobalAvgPool2D()
 
 
 # composite and global-pooling layers, where this xpcnn has them: one entry each
