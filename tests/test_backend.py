@@ -7,11 +7,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import cuda_present
 
 from xpcnn import backend as B
 from xpcnn import functional as F
-
-from conftest import cuda_present
 
 
 @pytest.fixture
