@@ -7,7 +7,8 @@ an index outside the input simply reads as 0 (convolution, average pooling) or
 ``(height, width)`` or ints.
 
 Conventions (the ones xpcnn documents): ``x: (N, C, H, W)``,
-``W: (F, C, KH, KW)``, ``b: (F,)``; im2col row ``(i*KW + j)*C + c``, column
+``W: (F, C/groups, KH, KW)`` (filter ``f`` of group ``f // (F/groups)`` reads that group's
+channels), ``b: (F,)``; im2col row ``(i*KW + j)*C + c``, column
 ``oh*OW + ow``; max pooling's gradient goes to the first maximum of its window
 in row-major order; average pooling divides by ``KH*KW`` (padded zeros count).
 """
@@ -61,33 +62,39 @@ def _windows(H, W, KH, KW, sh, sw, ph, pw, dh, dw, oh, ow):
 
 # ----------------------------------------------------------------------------- convolution
 
-def conv2d(x, Wt, b=None, stride=1, padding=0, dilation=1):
-    """``y[n, f, r, q] = b[f] + sum_{c,i,j} W[f, c, i, j] * x[n, c, r*sh - ph + i*dh, q*sw - pw + j*dw]``."""
+def conv2d(x, Wt, b=None, stride=1, padding=0, dilation=1, groups=1):
+    """``y[n, f, r, q] = b[f] + sum_{c,i,j} W[f, c, i, j] * x[n, g*C/G + c, r*sh - ph + i*dh, q*sw - pw + j*dw]``
+    where ``g = f // (F/G)`` is the filter's group and ``c`` runs over the ``C/G`` channels of that group."""
     x = np.asarray(x, dtype=np.float64)
     Wt = np.asarray(Wt, dtype=np.float64)
     N, C, H, W = x.shape
-    F = Wt.shape[0]
+    F, Cg = Wt.shape[0], Wt.shape[1]
+    assert C == Cg * groups and F % groups == 0
+    Fg = F // groups
     KH, KW, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x.shape, Wt.shape[2:], stride, padding, dilation)
     y = np.zeros((N, F, oh, ow))
     for n in range(N):
         for f in range(F):
+            c0 = (f // Fg) * Cg
             for r, q, i, j, h, w, inside in _windows(H, W, KH, KW, sh, sw, ph, pw, dh, dw, oh, ow):
                 if not inside:
                     continue
-                for c in range(C):
-                    y[n, f, r, q] += Wt[f, c, i, j] * x[n, c, h, w]
+                for c in range(Cg):
+                    y[n, f, r, q] += Wt[f, c, i, j] * x[n, c0 + c, h, w]
             if b is not None:
                 y[n, f] += float(b[f])
     return y
 
 
-def conv2d_backward(x, Wt, dout, stride=1, padding=0, dilation=1):
+def conv2d_backward(x, Wt, dout, stride=1, padding=0, dilation=1, groups=1):
     """The analytic gradients ``(dx, dW, db)`` of ``sum(conv2d(x, W, b) * dout)``, by the same loops."""
     x = np.asarray(x, dtype=np.float64)
     Wt = np.asarray(Wt, dtype=np.float64)
     dout = np.asarray(dout, dtype=np.float64)
     N, C, H, W = x.shape
-    F = Wt.shape[0]
+    F, Cg = Wt.shape[0], Wt.shape[1]
+    assert C == Cg * groups and F % groups == 0
+    Fg = F // groups
     KH, KW, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x.shape, Wt.shape[2:], stride, padding, dilation)
     assert dout.shape == (N, F, oh, ow)
     dx = np.zeros_like(x)
@@ -95,13 +102,14 @@ def conv2d_backward(x, Wt, dout, stride=1, padding=0, dilation=1):
     db = np.zeros(F)
     for n in range(N):
         for f in range(F):
+            c0 = (f // Fg) * Cg
             for r, q, i, j, h, w, inside in _windows(H, W, KH, KW, sh, sw, ph, pw, dh, dw, oh, ow):
                 if not inside:
                     continue
                 g = dout[n, f, r, q]
-                for c in range(C):
-                    dx[n, c, h, w] += Wt[f, c, i, j] * g
-                    dW[f, c, i, j] += x[n, c, h, w] * g
+                for c in range(Cg):
+                    dx[n, c0 + c, h, w] += Wt[f, c, i, j] * g
+                    dW[f, c, i, j] += x[n, c0 + c, h, w] * g
             db[f] += dout[n, f].sum()
     return dx, dW, db
 

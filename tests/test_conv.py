@@ -416,7 +416,7 @@ def test_conv2d_rejects_wrong_rank(backend):
         Fc.conv2d(x3, W)
     x = B.asarray(np.zeros((1, 2, 5, 5)))
     W3 = B.asarray(np.zeros((2, 3, 3)))
-    with pytest.raises(ValueError, match=r"W must be \(F, C, KH, KW\) \(4-D\), got shape \(2, 3, 3\) \(3-D\)"):
+    with pytest.raises(ValueError, match=r"W must be \(F, C/groups, KH, KW\) \(4-D\), got shape \(2, 3, 3\) \(3-D\)"):
         Fc.conv2d(x, W3)
     with pytest.raises(ValueError, match=r"x must be \(N, C, H, W\) \(4-D\), got shape \(2, 5, 5\)"):
         Fc.im2col(x3, 3)
@@ -507,3 +507,109 @@ def test_conv2d_rejects_mixed_backends_numpy_strict():
     with pytest.raises(TypeError, match=r"different backends cannot be mixed: got array_api_strict\S*Array, "
                                         r"numpy\.ndarray"):
         Fc.conv2d(x, W)
+
+
+# ----------------------------------------------------------------------------- groups and depthwise
+
+def grouped_case(N, C, F, groups, kernel, stride, padding, dilation, out):
+    """Like :func:`make_case` with ``W: (F, C/groups, KH, KW)``."""
+    case = make_case(N, C, F, kernel, stride, padding, dilation, out).values[0]
+    F_, _, KH, KW = case["W"]
+    case = {**case, "W": (F_, C // groups, KH, KW), "groups": groups}
+    kind = "depthwise" if groups == C else f"g{groups}"
+    return pytest.param(case, id=f"{kind}-x{'x'.join(map(str, case['x']))}-W{'x'.join(map(str, case['W']))}"
+                                 f"-s{stride}-p{padding}-d{dilation}")
+
+
+GROUPED = [
+    grouped_case(2, 4, 6, 2, 3, 1, 1, 1, (4, 5)),               # two groups, 3 filters each
+    grouped_case(2, 4, 4, 4, 3, 2, 1, 1, (3, 3)),               # depthwise, stride 2
+    grouped_case(1, 3, 6, 3, (3, 2), (1, 2), (2, 0), (2, 1), (3, 2)),  # depthwise x2 multiplier, dilation
+    grouped_case(2, 6, 3, 3, (2, 3), 2, (0, 1), (1, 2), (2, 3)),  # groups with one filter, two channels each
+    grouped_case(1, 5, 5, 5, 5, 1, 2, 1, (3, 4)),               # depthwise 5x5 "same"
+]
+
+
+def _gargs(case):
+    return (*geom(case), case["groups"])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", GROUPED)
+def test_grouped_conv2d_matches_loop_reference(backend, case, dtype, rng):
+    """Forward (with and without bias) and backward of grouped/depthwise convolutions vs the loops."""
+    x, W, b = host_inputs(case, rng, dtype)
+    xs, Ws = B.asarray(x), B.asarray(W)
+    for bias in (True, False):
+        want = R.conv2d(x, W, b if bias else None, *_gargs(case))
+        y, cache = Fc.conv2d_forward(xs, Ws, B.asarray(b) if bias else None, *_gargs(case))
+        check_array(backend, y, want, dtype, f"y (bias={bias})")
+    dout = rng.standard_normal(want.shape).astype(dtype)
+    want_dx, want_dW, want_db = R.conv2d_backward(x, W, dout, *_gargs(case))
+    dx, dW, db = Fc.conv2d_backward(B.asarray(dout), cache)
+    check_array(backend, dx, want_dx, dtype, "dx")
+    check_array(backend, dW, want_dW, dtype, "dW")
+    check_array(backend, db, want_db, dtype, "db")
+    none, dW2, _ = Fc.conv2d_backward(B.asarray(dout), cache, need_dx=False)
+    assert none is None
+    check_array(backend, dW2, want_dW, dtype, "dW (need_dx=False)")
+
+
+def test_grouped_conv2d_is_the_concatenation_of_its_groups(backend, rng):
+    """An independent identity: a G-group conv equals G ungrouped convs on the channel slices, concatenated."""
+    x = rng.standard_normal((2, 6, 7, 5))
+    W = rng.standard_normal((9, 2, 3, 3))
+    y = B.to_numpy(Fc.conv2d(B.asarray(x), B.asarray(W), None, 1, 1, 1, 3))
+    parts = [B.to_numpy(Fc.conv2d(B.asarray(np.ascontiguousarray(x[:, 2 * g:2 * g + 2])),
+                                  B.asarray(np.ascontiguousarray(W[3 * g:3 * g + 3])), None, 1, 1))
+             for g in range(3)]
+    R.assert_close(y, np.concatenate(parts, axis=1), "float64", what="groups vs slices")
+
+
+@pytest.mark.parametrize("case", [GROUPED[0], GROUPED[2], GROUPED[3]])
+def test_grouped_conv2d_gradcheck(backend, case, rng):
+    x, W, b = host_inputs(case, rng)
+    x = x[:1]
+
+    def f(xs, Ws, bs):
+        y, cache = Fc.conv2d_forward(xs, Ws, bs, *_gargs(case))
+        return y, lambda dout: Fc.conv2d_backward(dout, cache)
+
+    result = xpcnn.gradcheck(f, [B.asarray(x), B.asarray(W), B.asarray(b)])
+    assert result.ok and set(result.max_abs_error) == {"input 0", "input 1", "input 2"}
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", [GROUPED[1], GROUPED[3]])
+def test_grouped_conv2d_layer(backend, case, bias, rng):
+    """The layer: parameter shapes, no ``b`` without bias, values vs the loops, central differences."""
+    F, Cg, KH, KW = case["W"]
+    C = case["x"][1]
+    layer = Conv2D(C, F, (KH, KW), case["stride"], case["padding"], case["dilation"], case["groups"], bias,
+                   dtype="float64", rng=0)
+    assert tuple(layer.params["W"].shape) == (F, Cg, KH, KW)
+    assert set(layer.params) == ({"W", "b"} if bias else {"W"})
+    assert layer.config().get("groups") == case["groups"] and "groups=" in repr(layer)
+    if bias:
+        layer.params["b"] = B.asarray(rng.standard_normal(F))
+    x = rng.standard_normal((1, *case["x"][1:]))
+    y = layer.forward(B.asarray(x), train=True)
+    want = R.conv2d(x, B.to_numpy(layer.params["W"]), B.to_numpy(layer.params["b"]) if bias else None,
+                    *_gargs(case))
+    check_array(backend, y, want, "float64", "y")
+    assert layer.output_shape((1, *case["x"][1:])) == want.shape
+    result = xpcnn.gradcheck(layer, B.asarray(x))
+    assert set(result.max_abs_error) == ({"x", "W", "b"} if bias else {"x", "W"})
+
+
+def test_grouped_conv2d_rejects_bad_groups(backend):
+    x = B.asarray(np.zeros((1, 4, 5, 5)))
+    with pytest.raises(ValueError, match=r"groups=3 must divide both the input channels \(4\) and the filters \(6\)"):
+        Fc.conv2d(x, B.asarray(np.zeros((6, 1, 3, 3))), None, 1, 0, 1, 3)
+    with pytest.raises(ValueError, match=r"channel mismatch: W expects 1 input channels per group x 2 groups = 2 "
+                                         r".*but x has 4"):
+        Fc.conv2d(x, B.asarray(np.zeros((4, 1, 3, 3))), None, 1, 0, 1, 2)
+    with pytest.raises(ValueError, match=r"groups must be >= 1, got 0"):
+        Fc.conv2d(x, B.asarray(np.zeros((4, 4, 3, 3))), None, 1, 0, 1, 0)
+    with pytest.raises(ValueError, match=r"groups=4 must divide both the input channels \(6\) and the filters \(8\)"):
+        Conv2D(6, 8, 3, groups=4)

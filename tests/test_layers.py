@@ -17,13 +17,17 @@ import pytest
 from xpcnn import backend as B
 from xpcnn.gradient_check import gradcheck
 from xpcnn.layers import (LAYER_TYPES, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                          LeakyReLU, MaxPool2D, ReLU, Sigmoid, Tanh)
+                          GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Residual, Sigmoid, Tanh)
+from xpcnn.model import Sequential
 
 # name -> (factory(dtype, seed) -> layer, input shape, takes a dtype)
 SPECS = {
     "Conv2D": (lambda dt, s: Conv2D(2, 3, 3, padding=1, dtype=dt, rng=s), (2, 2, 5, 5), True),
     "Conv2D_stride": (lambda dt, s: Conv2D(2, 2, (3, 2), stride=2, dtype=dt, rng=s), (2, 2, 5, 6), True),
+    "Conv2D_depthwise": (lambda dt, s: Conv2D(3, 6, 3, padding=1, groups=3, bias=False, dtype=dt, rng=s),
+                         (2, 3, 5, 4), True),
     "MaxPool2D": (lambda dt, s: MaxPool2D(2), (2, 2, 4, 4), False),
+    "GlobalAvgPool2D": (lambda dt, s: GlobalAvgPool2D(), (2, 3, 3, 5), False),
     "AvgPool2D": (lambda dt, s: AvgPool2D(2, stride=1, padding=1), (2, 2, 3, 3), False),
     "Dense": (lambda dt, s: Dense(6, 4, dtype=dt, rng=s), (3, 6), True),
     "Dense_xavier": (lambda dt, s: Dense(5, 2, bias=False, init="xavier_uniform", dtype=dt, rng=s), (3, 5), True),
@@ -35,8 +39,19 @@ SPECS = {
     "Dropout": (lambda dt, s: Dropout(0.3, rng=s), (4, 5), False),
     "BatchNorm1D": (lambda dt, s: BatchNorm1D(5, dtype=dt), (6, 5), True),
     "BatchNorm2D": (lambda dt, s: BatchNorm2D(3, momentum=0.2, dtype=dt), (4, 3, 3, 3), True),
+    "Residual": (lambda dt, s: Residual(
+        Sequential(Conv2D(2, 2, 3, padding=1, dtype=dt, rng=s), BatchNorm2D(2, dtype=dt), Tanh()),
+        shortcut=Conv2D(2, 2, 1, bias=False, dtype=dt, rng=s + 1)), (2, 2, 4, 3), True),
+    "Sequential": (lambda dt, s: _nested(Sequential(Conv2D(2, 3, 2, dtype=dt, rng=s), Tanh(), Flatten(),
+                                                    Dense(3 * 3 * 2, 2, dtype=dt, rng=s))), (2, 2, 4, 3), True),
 }
 NAMES = list(SPECS)
+
+
+def _nested(model):
+    """A Sequential as it behaves inside another layer: it returns dx."""
+    model.need_input_grad = True
+    return model
 PARAM_LAYERS = ["Conv2D", "Dense", "BatchNorm1D", "BatchNorm2D"]
 
 
@@ -48,9 +63,9 @@ def _input(rng, shape, dtype):
 
 def _randomize_params(layer, rng):
     """Non-trivial parameter values (zero biases and unit gammas hide mistakes)."""
-    for key, value in list(layer.params.items()):
-        host = rng.standard_normal(tuple(value.shape)) * 0.5 + (1.0 if key == "gamma" else 0.0)
-        layer.params[key] = B.to_device_like(host, value)
+    for ref in layer.parameters():  # composites: nested names, written through the ParamRef
+        host = rng.standard_normal(tuple(ref.value.shape)) * 0.5 + (1.0 if ref.key == "gamma" else 0.0)
+        ref.assign(B.to_device_like(host, ref.value))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -94,8 +109,10 @@ def test_gradcheck_float64(backend, rng, name):
 def test_float32_by_default(backend, name):
     default = {
         "Conv2D": lambda: Conv2D(2, 3, 3), "Conv2D_stride": lambda: Conv2D(2, 2, 3, stride=2),
+        "Conv2D_depthwise": lambda: Conv2D(3, 6, 3, groups=3),
         "Dense": lambda: Dense(6, 4), "Dense_xavier": lambda: Dense(5, 2, bias=False),
         "BatchNorm1D": lambda: BatchNorm1D(5), "BatchNorm2D": lambda: BatchNorm2D(3),
+        "Residual": lambda: Residual(Conv2D(2, 2, 3, padding=1)), "Sequential": lambda: Sequential(Dense(2, 3)),
     }[name]()
     assert default.params and all(p.dtype == backend.xp.float32 for p in default.params.values())
     assert all(v.dtype == backend.xp.float32 for v in default.buffers.values())
@@ -162,14 +179,18 @@ def test_config_round_trip(backend, rng, name):
     layer = make("float64", 0)
     config = json.loads(json.dumps(layer.config()))  # JSON-able
     cls = LAYER_TYPES[type(layer).__name__]
-    rebuilt = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    if isinstance(config, dict) and not layer.children():  # a leaf: the config is its constructor's keywords
+        rebuilt = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    else:
+        rebuilt = cls.from_config(config)
+        rebuilt.need_input_grad = layer.need_input_grad
     assert type(rebuilt) is type(layer)
     assert rebuilt.config() == layer.config()
     assert repr(rebuilt) == repr(layer)
     assert set(rebuilt.params) == set(layer.params) and set(rebuilt.buffers) == set(layer.buffers)
     for key, value in layer.params.items():
         assert tuple(rebuilt.params[key].shape) == tuple(value.shape) and rebuilt.params[key].dtype == value.dtype
-        rebuilt.params[key] = B.to_device_like(B.to_numpy(value), value)
+    rebuilt.load_state_dict(layer.state_dict())
     x = _input(rng, shape, "float64")
     np.testing.assert_array_equal(B.to_numpy(rebuilt.forward(x)), B.to_numpy(layer.forward(x)))
     assert rebuilt.num_params() == layer.num_params()

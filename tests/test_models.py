@@ -68,7 +68,75 @@ def _torch_model(name: str, dropout: float = 0.3):
             nn.Dropout(dropout),
             nn.Linear(128, 10),
         )
+    if name in ("resnet8", "resnet20"):
+        return _TorchResNet(1 if name == "resnet8" else 3)
+    if name == "separable":
+        layers, cin = [nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU()], 32
+        for cout, stride in ((64, 1), (128, 2), (128, 1), (256, 2)):
+            layers += [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+                       nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            cin = cout
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(256, 10))
     raise AssertionError(name)
+
+
+def _torch_resnet_classes():
+    torch = pytest.importorskip("torch")
+    nn, TF = torch.nn, torch.nn.functional
+
+    class Block(nn.Module):
+        """He et al.'s basic block with a 1x1 projection shortcut where the shape changes."""
+
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+            self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+            self.sc = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                       if stride != 1 or cin != cout else None)
+
+        def forward(self, x):
+            y = self.b2(self.c2(TF.relu(self.b1(self.c1(x)))))
+            return TF.relu(y + (x if self.sc is None else self.sc(x)))
+
+    class ResNet(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)
+            blocks, cin = [], 16
+            for stage, cout in enumerate((16, 32, 64)):
+                for i in range(n):
+                    blocks.append(Block(cin, cout, 2 if stage > 0 and i == 0 else 1))
+                    cin = cout
+            self.blocks = nn.Sequential(*blocks)
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.fc(self.blocks(TF.relu(self.bn(self.conv(x)))).mean(dim=(2, 3)))
+
+    return ResNet
+
+
+def _TorchResNet(n):
+    return _torch_resnet_classes()(n)
+
+
+def _copy_in_order(model, tmodel) -> None:
+    """Copy parameters, then batch-norm statistics, pairing xpcnn's and torch's in registration order."""
+    torch = pytest.importorskip("torch")
+    theirs = list(tmodel.parameters())
+    mine = model.parameters()
+    assert len(mine) == len(theirs)
+    stats = [b for name, b in tmodel.named_buffers() if not name.endswith("num_batches_tracked")]
+    buffers = list(model.buffers.values())
+    assert len(stats) == len(buffers)
+    with torch.no_grad():
+        for ref, p in zip(mine, theirs):
+            host = B.to_numpy(ref.value)
+            host = host.T if isinstance(ref.owner, Dense) else host
+            assert tuple(p.shape) == host.shape, ref.name
+            p.copy_(torch.from_numpy(np.ascontiguousarray(host)))
+        for value, b in zip(buffers, stats):
+            b.copy_(torch.from_numpy(np.ascontiguousarray(B.to_numpy(value))))
 
 
 def _copy_into_torch(model, tmodel) -> None:
@@ -103,16 +171,17 @@ def _copy_into_torch(model, tmodel) -> None:
 
 
 def _randomize_bn(model, seed: int = 1) -> None:
-    """Give every batch-norm layer non-trivial gamma, beta and running statistics."""
+    """Give every batch-norm layer (nested ones too) non-trivial gamma, beta and running statistics."""
     rng = np.random.default_rng(seed)
     state = {k: B.to_numpy(v).copy() for k, v in model.state_dict().items()}
-    for layer_index, layer in enumerate(model):
+    for name, layer in model.named_leaves():
         if isinstance(layer, (BatchNorm1D, BatchNorm2D)):
             c = layer.num_features
-            state[f"{layer_index}.gamma"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
-            state[f"{layer_index}.beta"] = rng.normal(0.0, 0.5, c).astype(np.float32)
-            state[f"{layer_index}.running_mean"] = rng.normal(0.0, 0.5, c).astype(np.float32)
-            state[f"{layer_index}.running_var"] = rng.uniform(0.5, 2.0, c).astype(np.float32)
+            dt = state[f"{name}.gamma"].dtype
+            state[f"{name}.gamma"] = rng.uniform(0.5, 1.5, c).astype(dt)
+            state[f"{name}.beta"] = rng.normal(0.0, 0.5, c).astype(dt)
+            state[f"{name}.running_mean"] = rng.normal(0.0, 0.5, c).astype(dt)
+            state[f"{name}.running_var"] = rng.uniform(0.5, 2.0, c).astype(dt)
     model.load_state_dict(state)
 
 
@@ -239,3 +308,52 @@ def test_bn_cnn_dropout_is_active_in_train_mode_only():
     assert not np.array_equal(a, b)  # fresh dropout masks
     e1, e2 = B.to_numpy(model.forward(x)), B.to_numpy(model.forward(x))
     np.testing.assert_array_equal(e1, e2)
+
+
+# ------------------------------------------------------------------------------------------- residual and separable
+
+
+@pytest.mark.parametrize("name", ["resnet8", "separable"])
+def test_residual_and_separable_eval_equal_torch(name, backend):
+    """Eval forward with copied weights and randomized batch-norm state vs the torch.nn twin (grouped convs too)."""
+    torch = pytest.importorskip("torch")
+    model = models.build(name, rng=4)
+    _randomize_bn(model)
+    tmodel = _torch_model(name).eval()
+    _copy_in_order(model, tmodel)
+    x = _images(3, seed=9)
+    got = B.to_numpy(model.forward(B.asarray(x), train=False))
+    with torch.no_grad():
+        want = tmodel(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+
+
+def test_resnet8_train_step_gradients_equal_torch():
+    """One training-mode forward/backward of ResNet-8 in float64: logits and every parameter gradient."""
+    torch = pytest.importorskip("torch")
+    from xpcnn import functional as F
+
+    model = models.resnet8(dtype="float64", rng=5)
+    _randomize_bn(model)
+    tmodel = _torch_model("resnet8").double().train()
+    _copy_in_order(model, tmodel)
+    x = np.random.default_rng(3).standard_normal((4, 1, 28, 28))
+    labels = np.array([1, 0, 9, 4])
+    loss_t = torch.nn.functional.cross_entropy(tmodel(torch.from_numpy(x)), torch.from_numpy(labels))
+    loss_t.backward()
+    xb, t = B.asarray(x, dtype="float64"), B.asarray(labels, dtype="int64")
+    loss, probs = F.softmax_cross_entropy(model.forward(xb, train=True), t)
+    model.backward(F.softmax_cross_entropy_backward(probs, t))
+    np.testing.assert_allclose(float(loss), float(loss_t.detach()), rtol=1e-10)
+    for ref, p in zip(model.parameters(), tmodel.parameters()):
+        want = p.grad.numpy().T if isinstance(ref.owner, Dense) else p.grad.numpy()
+        np.testing.assert_allclose(B.to_numpy(ref.grad), want, rtol=1e-7, atol=1e-10 * np.abs(want).max(),
+                                   err_msg=ref.name)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet20", "separable"])
+def test_three_channel_32x32_input(name):
+    model = models.build(name, in_channels=3, rng=0)
+    out = model.forward(B.asarray(np.zeros((2, 3, 32, 32), dtype=np.float32)))
+    assert tuple(out.shape) == (2, 10) and model.output_shape((2, 3, 32, 32)) == (2, 10)
+    assert tuple(model.parameters()[0].value.shape) == (16 if name != "separable" else 32, 3, 3, 3)

@@ -14,7 +14,7 @@ import pytest
 import xpcnn
 from xpcnn import backend as B
 from xpcnn.functional import pool as Fp
-from xpcnn.layers import AvgPool2D, MaxPool2D
+from xpcnn.layers import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 
 from helpers import avg_cache
 try:
@@ -343,3 +343,42 @@ def test_pool_ceil_mode_layers_and_sizes(backend):
         == (1, 1, 2, 2)
     assert MaxPool2D(2, ceil_mode=True).config()["ceil_mode"] is True
     assert "ceil_mode" not in MaxPool2D(2).config()
+
+
+# ----------------------------------------------------------------------------- global average pooling
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 1, 1, 1), (3, 2, 7, 1)])
+def test_global_avg_pool_matches_loops(backend, shape, dtype, rng):
+    """Oracle: explicit sums over each map; the gradient of ``sum(y * dout)`` by the same loops."""
+    x = rng.standard_normal(shape).astype(dtype)
+    N, C, H, W = shape
+    want = np.zeros((N, C))
+    for n in range(N):
+        for c in range(C):
+            want[n, c] = sum(float(x[n, c, h, w]) for h in range(H) for w in range(W)) / (H * W)
+    y, cache = Fp.global_avg_pool2d_forward(B.asarray(x))
+    assert tuple(y.shape) == (N, C) and y.dtype == getattr(backend.xp, dtype)
+    R.assert_close(B.to_numpy(y), want, dtype, what="y")
+    dout = rng.standard_normal((N, C)).astype(dtype)
+    dx = Fp.global_avg_pool2d_backward(B.asarray(dout), cache)
+    assert tuple(dx.shape) == shape and dx.dtype == getattr(backend.xp, dtype)
+    want_dx = np.zeros(shape)
+    for n, c, h, w in np.ndindex(*shape):
+        want_dx[n, c, h, w] = dout[n, c] / (H * W)
+    R.assert_close(B.to_numpy(dx), want_dx, dtype, what="dx")
+    layer = GlobalAvgPool2D()
+    np.testing.assert_array_equal(B.to_numpy(layer.forward(B.asarray(x), train=True)), B.to_numpy(y))
+    np.testing.assert_array_equal(B.to_numpy(layer.backward(B.asarray(dout))), B.to_numpy(dx))
+    assert xpcnn.gradcheck(layer, B.asarray(rng.standard_normal(shape))).ok
+
+
+def test_global_avg_pool_rejects_bad_input(backend):
+    with pytest.raises(ValueError, match=r"x must be \(N, C, H, W\) \(4-D\), got shape \(2, 3\)"):
+        Fp.global_avg_pool2d(B.asarray(np.zeros((2, 3))))
+    with pytest.raises(ValueError, match=r"GlobalAvgPool2D input must be \(N, C, H, W\)"):
+        GlobalAvgPool2D().forward(B.asarray(np.zeros((2, 3))))
+    y, cache = Fp.global_avg_pool2d_forward(B.asarray(np.zeros((2, 3, 2, 2))))
+    with pytest.raises(ValueError, match=r"dout must have the forward output's shape \(2, 3\), got \(3, 2\)"):
+        Fp.global_avg_pool2d_backward(B.asarray(np.zeros((3, 2))), cache)
+    assert GlobalAvgPool2D().output_shape((5, 4, 3, 3)) == (5, 4)

@@ -179,3 +179,61 @@ def test_softmax_cross_entropy_vs_torch(backend, n, c, scale, dtype, rng):
     R.assert_close(float(loss), float(loss_t.detach()), dtype, what="loss")
     check(backend, probs, torch.softmax(lt, dim=1), dtype, "probs")
     check(backend, Fl.softmax_cross_entropy_backward(probs, labels_b), lt.grad, dtype, "dlogits")
+
+
+# ----------------------------------------------------------------------------- conv2d: random geometries
+
+def _random_conv_cases(count, seed=2024):
+    """Random grouped/depthwise/dilated/strided geometries with odd sizes, drawn once (seeded) at import."""
+    r = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        groups = int(r.choice([1, 2, 3, 4]))
+        depthwise = len(cases) % 3 == 1
+        cg = 1 if depthwise else int(r.integers(1, 3))
+        fg = int(r.integers(1, 3))
+        C, F = groups * cg, groups * fg
+        KH, KW = (int(v) for v in r.integers(1, 4, size=2))
+        stride = tuple(int(v) for v in r.integers(1, 3, size=2))
+        padding = tuple(int(v) for v in r.integers(0, 3, size=2))
+        dilation = tuple(int(v) for v in r.integers(1, 3, size=2))
+        H, W = (int(v) for v in r.integers(3, 10, size=2))
+        if min(H + 2 * padding[0] - dilation[0] * (KH - 1), W + 2 * padding[1] - dilation[1] * (KW - 1)) < 1:
+            continue
+        cases.append(((int(r.integers(1, 4)), C, H, W), (F, cg, KH, KW), stride, padding, dilation, groups,
+                      bool(r.integers(0, 2))))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs, ws, stride, padding, dilation, groups, bias", _random_conv_cases(9))
+def test_grouped_conv2d_vs_torch(backend, xs, ws, stride, padding, dilation, groups, bias, dtype, rng):
+    """Values and autograd gradients, random geometries including groups, depthwise, dilation, stride 2, no bias."""
+    x = rng.standard_normal(xs).astype(dtype)
+    W = rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    xt, Wt, bt = tt(x, dtype), tt(W, dtype), tt(b, dtype)
+    yt = TF.conv2d(xt, Wt, bt if bias else None, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    dout = rng.standard_normal(tuple(yt.shape)).astype(dtype)
+    (yt * tt(dout, dtype, grad=False)).sum().backward()
+    y, cache = Fc.conv2d_forward(B.asarray(x), B.asarray(W), B.asarray(b) if bias else None, stride, padding,
+                                 dilation, groups)
+    check(backend, y, yt, dtype, "y")
+    dx, dW, db = Fc.conv2d_backward(B.asarray(dout), cache)
+    check(backend, dx, xt.grad, dtype, "dx")
+    check(backend, dW, Wt.grad, dtype, "dW")
+    if bias:
+        check(backend, db, bt.grad, dtype, "db")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs", [(2, 3, 5, 4), (1, 4, 1, 3)])
+def test_global_avg_pool2d_vs_torch(backend, xs, dtype, rng):
+    x = rng.standard_normal(xs).astype(dtype)
+    xt = tt(x, dtype)
+    yt = TF.adaptive_avg_pool2d(xt, 1).flatten(1)
+    dout = rng.standard_normal(tuple(yt.shape)).astype(dtype)
+    (yt * tt(dout, dtype, grad=False)).sum().backward()
+    y, cache = Fp.global_avg_pool2d_forward(B.asarray(x))
+    check(backend, y, yt, dtype, "y")
+    check(backend, Fp.global_avg_pool2d_backward(B.asarray(dout), cache), xt.grad, dtype, "dx")

@@ -11,6 +11,9 @@ writes ``checkpoint.npz``, ``metrics.csv``, ``metrics.json`` and the plots of :m
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
+import io
 import math
 import sys
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, cli_common, kernels, models, perf, report, train
+from . import __version__, cli_common, distributed, kernels, models, perf, report, train
 from . import backend as B
 from . import checkpoint as ckpt
 from .callbacks import CSVLogger, EarlyStopping, ModelCheckpoint
@@ -151,8 +154,13 @@ def prepare(args: argparse.Namespace) -> Plan:
     ds = cli_common.load_data(run["dataset"], args.data_dir)
     train_xy, val, test, stats = _split_and_normalize(ds, recipe, run)
     num_classes = max(10, int(max(train_xy[1].max(), test[1].max())) + 1) if run["dataset"] == "npz" else 10
+    channels = int(train_xy[0].shape[1])
+    if channels != 1 and "in_channels" not in inspect.signature(models.MODELS[recipe.model]).parameters:
+        raise CLIError(f"{run['dataset']}: the images have {channels} channels, but {recipe.model} takes 1; "
+                       "use resnet8, resnet20 or separable")
     model = models.build(recipe.model, rng=B.seed_stream(run["seed"], "init"),
-                         **({"num_classes": num_classes} if num_classes != 10 else {}))
+                         **({"num_classes": num_classes} if num_classes != 10 else {}),
+                         **({"in_channels": channels} if channels != 1 else {}))
     try:
         train.check_data(model, train_xy[0], train_xy[1], name="train")
         train.check_data(model, test[0], test[1], name="test")
@@ -167,12 +175,16 @@ def prepare(args: argparse.Namespace) -> Plan:
             ckpt.restore(args.resume, model, optimizer, scheduler)
         except ckpt.CheckpointError as exc:
             raise CLIError(f"--resume: {exc}") from None
-    out, created = cli_common.make_run_dir(args.out, f"{run['model']}-{run['dataset']}")
-    try:
-        cli_common.probe_writable(out, 4 * 4 * model.num_params() + (1 << 16))  # params, grads-free Adam slots
-    except CLIError:
-        cli_common.remove_if_unused(out, created)
-        raise
+    dp = distributed.active()
+    if dp is None or dp.is_root:  # data-parallel: rank 0 alone creates (and later writes) the run directory
+        out, created = cli_common.make_run_dir(args.out, f"{run['model']}-{run['dataset']}")
+        try:
+            cli_common.probe_writable(out, 4 * 4 * model.num_params() + (1 << 16))  # params, grads-free Adam slots
+        except CLIError:
+            cli_common.remove_if_unused(out, created)
+            raise
+    if dp is not None:
+        out, created = Path(dp.comm.bcast_object(str(out) if dp.is_root else None)), dp.is_root and created
     print(f"xpcnn {__version__}: training {run['model']} on {run['dataset']}, backend {be}, run directory {out}")
     return Plan(args, recipe, run, model, optimizer, scheduler, train_xy, val, test, stats, transform,
                 out, created, resume_hyper, int(meta["epoch"]) if meta else 0)
@@ -181,6 +193,8 @@ def prepare(args: argparse.Namespace) -> Plan:
 def run(plan: Plan) -> int:
     """Train, then evaluate the test set once and write the run directory; returns the exit status."""
     args, recipe, out = plan.args, plan.recipe, plan.out
+    dp = distributed.active()
+    root = dp is None or dp.is_root
     be = B.get_backend()
     print(plan.model.summary((1, *plan.train[0].shape[1:])))
     extra = {"model": plan.run["model"], "dataset": plan.run["dataset"], "normalization": plan.stats,
@@ -188,8 +202,9 @@ def run(plan: Plan) -> int:
              "limit": plan.run["limit"], "input_shape": list(plan.train[0].shape[1:]), "backend": str(be)}
     callbacks: list[Any] = [ModelCheckpoint(out / "checkpoint.npz",
                                             best_path=out / "best.npz" if args.save_best else None,
-                                            monitor=args.monitor),
-                            CSVLogger(out / "metrics.csv")]
+                                            monitor=args.monitor)]  # writes on rank 0 only
+    if root:
+        callbacks.append(CSVLogger(out / "metrics.csv"))
     stopper = EarlyStopping(monitor=args.monitor, patience=args.early_stop) if args.early_stop else None
     if stopper is not None:
         callbacks.append(stopper)
@@ -203,6 +218,8 @@ def run(plan: Plan) -> int:
     if stopper is not None and stopper.stopped_epoch is not None and stopper.best_state is not None:
         evaluated_epoch = stopper.best_epoch or evaluated_epoch
     test, predictions = train.evaluate_with_predictions(plan.model, plan.test, on_device=args.on_device)
+    if not root:
+        return 0
     # what was really used: a resumed run's checkpoint values unless --lr / --weight-decay replaced them
     used = recipe.replace(lr=plan.scheduler.base_lr if plan.scheduler is not None else plan.optimizer.lr,
                           weight_decay=plan.optimizer.weight_decay)
@@ -215,7 +232,8 @@ def run(plan: Plan) -> int:
                "stopped_early_at": None if stopper is None else stopper.stopped_epoch,
                "evaluated_epoch": evaluated_epoch, "epochs": history.epochs,
                "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-               "train_time_s": sum(e["time_s"] for e in history.epochs)}
+               "train_time_s": sum(e["time_s"] for e in history.epochs),
+               "world_size": 1 if dp is None else dp.size}
     report.write_metrics(out, metrics)
     report.plots(out, history.epochs, plan.test[1], predictions)
     if not math.isfinite(test["loss"]):
@@ -227,7 +245,27 @@ def run(plan: Plan) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Run ``xpcnn train`` with parsed ``args``; returns the exit status."""
+    """Run ``xpcnn train`` with parsed ``args``; returns the exit status.
+
+    Under ``mpiexec -n N`` (N > 1) the run is data-parallel (:mod:`xpcnn.distributed`): rank 0 alone
+    prints and writes the run directory.
+    """
+    try:
+        dp = distributed.current()
+    except distributed.MissingMPIError as exc:  # several ranks but no mpi4py: stop before anything starts
+        raise CLIError(str(exc)) from None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if dp is not None and not dp.is_root \
+                else contextlib.nullcontext():
+            return _cmd_train(args)
+    except BaseException as exc:
+        if dp is not None and not isinstance(exc, distributed.CollectiveError):
+            # the other ranks would wait for this one forever: end them all, with the message
+            dp.fail(exc, code=getattr(exc, "code", 1), show_traceback=not isinstance(exc, CLIError))
+        raise
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
     perf.tune_malloc()  # this process only: keep NumPy's large temporaries in the heap (see xpcnn.perf)
     try:
         plan = prepare(args)
@@ -236,7 +274,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         return run(plan)
     except BaseException as exc:
-        removed = cli_common.remove_if_unused(plan.out, plan.created)
+        dp = distributed.active()
+        removed = (dp is None or dp.is_root) and cli_common.remove_if_unused(plan.out, plan.created)
         where = "nothing was kept" if removed else f"the last checkpoint is intact in {plan.out}"
         if isinstance(exc, train.TrainingDivergedError):
             raise CLIError(f"training diverged: {exc}; {where}", EXIT_FAILURE) from None

@@ -3,6 +3,7 @@
     from xpcnn import gradcheck
     layer = MyLayer(..., dtype="float64")
     gradcheck(layer, x)                      # checks dx and every entry of layer.grads
+    gradcheck(Residual(body), x)             # composites too: every nested parameter ("body.0.W", ...)
 
 For a plain function, pass ``f(*inputs) -> (y, backward)`` where
 ``backward(dout)`` returns one gradient per input (None for inputs that are
@@ -74,12 +75,20 @@ def _is_layer(target: Any) -> bool:
     return hasattr(target, "forward") and hasattr(target, "backward") and hasattr(target, "params")
 
 
+def _buffer_stores(layer: Any) -> list[dict[str, Any]]:
+    """The writable ``buffers`` dicts of a layer, or of every leaf below a composite layer."""
+    if hasattr(layer, "named_leaves"):
+        return [leaf.buffers for _, leaf in layer.named_leaves()]
+    return [layer.buffers] if isinstance(getattr(layer, "buffers", None), dict) else []
+
+
 def gradcheck(target: Any, inputs: Any | Sequence[Any], *, dout: Any = None, train: bool = True,
               eps: float = 1e-6, atol: float = 1e-7, rtol: float = 1e-5, seed: int = 0,
               check_params: bool = True, raise_on_failure: bool = True) -> GradcheckResult:
     """Compare analytic gradients with central differences; raise :class:`GradcheckError` on a mismatch.
 
-    target: an xpcnn layer (checked: ``dx`` and every entry of ``grads``) or a
+    target: an xpcnn layer (checked: ``dx`` and every entry of ``grads``; for a composite layer such as
+        :class:`~xpcnn.layers.Residual` or a nested Sequential, every nested parameter) or a
         callable ``f(*inputs) -> (y, backward)``.
     inputs: one array or a sequence of arrays, on any backend; floating inputs
         must be float64 (so must a layer's parameters).
@@ -102,9 +111,11 @@ def gradcheck(target: Any, inputs: Any | Sequence[Any], *, dout: Any = None, tra
                 raise TypeError(f"gradcheck needs float64 parameters; {type(target).__name__}.params[{key!r}] "
                                 f"is {p.dtype} (build the layer with dtype='float64')")
 
+    # parameters are written through ParamRefs where the layer has them (composites: nested names)
+    refs = {ref.name: ref for ref in target.parameters()} if is_layer and hasattr(target, "parameters") else {}
     # forward(train=True) moves state such as batch-norm running statistics: restore it afterwards
-    saved_buffers = {key: B.to_device_like(B.to_numpy(value), value)
-                     for key, value in (getattr(target, "buffers", None) or {}).items()} if is_layer else {}
+    saved_buffers = [(store, key, B.to_device_like(B.to_numpy(value), value))
+                     for store in _buffer_stores(target) for key, value in store.items()] if is_layer else []
 
     def run() -> tuple[Any, Any]:
         if is_layer:
@@ -138,14 +149,21 @@ def gradcheck(target: Any, inputs: Any | Sequence[Any], *, dout: Any = None, tra
             if is_layer and name != "x":
                 current, like = name, target.params[name]
 
-                def commit(h: np.ndarray, key: str = current, ref: Any = like) -> None:
-                    target.params[key] = B.to_device_like(h, ref)
+                def commit_param(h: np.ndarray, key: str = current, ref: Any = like) -> None:
+                    if key in refs:
+                        refs[key].assign(B.to_device_like(h, ref))
+                    else:
+                        target.params[key] = B.to_device_like(h, ref)
+
+                commit: Callable[[np.ndarray], None] = commit_param
             else:
                 index = 0 if is_layer else int(name.split()[1])
                 like = arrays[index]
 
-                def commit(h: np.ndarray, i: int = index, ref: Any = like) -> None:
+                def commit_input(h: np.ndarray, i: int = index, ref: Any = like) -> None:
                     arrays[i] = B.to_device_like(h, ref)
+
+                commit = commit_input
 
             host = B.to_numpy(like).astype(np.float64).copy()
             numeric = numerical_grad(loss, host, commit, eps)
@@ -162,8 +180,8 @@ def gradcheck(target: Any, inputs: Any | Sequence[Any], *, dout: Any = None, tra
                     f"numerical {numeric[worst]:.10g} (|diff| {err[worst]:.3g} > atol {atol:g} + rtol {rtol:g} * "
                     f"|numerical|)")
     finally:
-        if saved_buffers:  # also when a check raised
-            target.buffers.update(saved_buffers)
+        for store, key, value in saved_buffers:  # also when a check raised
+            store[key] = value
     if result.failures and raise_on_failure:
         raise GradcheckError("; ".join(result.failures))
     return result

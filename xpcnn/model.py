@@ -1,41 +1,51 @@
-"""Sequential: a stack of layers run forward in order and backward in reverse."""
+"""Sequential: a stack of layers run forward in order and backward in reverse; itself a layer, so models nest."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import array_api_compat
 
 from . import backend as B
-from .layers.base import LAYER_TYPES, Layer
-from .parameter import ParamRef
+from .layers.base import Layer, build_layer, register
+from .layers.composite import Composite, summary_rows
 
 __all__ = ["Sequential"]
 
 
-class Sequential:
-    """``Sequential(Conv2D(...), ReLU(), ...)``.
+class Sequential(Composite):
+    """``Sequential(Conv2D(...), ReLU(), ...)``: a layer that runs its layers in order (so models nest).
 
     * ``forward(x, train=False)`` / ``backward(dout)``: the layers in order / in reverse;
-    * ``parameters()``: a :class:`~xpcnn.parameter.ParamRef` per trainable array, named ``"<index>.<key>"``;
-    * ``state_dict()`` / ``load_state_dict()``: parameters and buffers by name;
+    * ``parameters()``: a :class:`~xpcnn.parameter.ParamRef` per trainable array, named ``"<index>.<key>"``,
+      with nested names for composite layers (``"3.body.0.W"``);
+    * ``state_dict()`` / ``load_state_dict()``: parameters and buffers by the same names;
     * ``config()`` / ``from_config()``: the architecture as JSON-able data (checkpoints rebuild from it);
     * ``to(backend)``, ``predict(x)``, ``summary(input_shape)``.
 
-    The first layer does not compute ``dx`` (nobody needs the gradient of the data).
+    The outermost model's first layer does not compute ``dx`` (nobody needs the gradient of the data;
+    set ``model.need_input_grad = True`` to get it).  A Sequential nested in another layer returns ``dx``.
     """
 
     def __init__(self, *layers: Layer) -> None:
+        super().__init__()
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential takes xpcnn layers; item {i} is {type(layer).__name__}")
+        self._adopt([(str(i), layer) for i, layer in enumerate(layers)])
         self.layers: list[Layer] = list(layers)
         self._shared_rng: Any = None
+        self.need_input_grad = False  # the outermost model's default; a container that holds it sets True
+
+    def children(self) -> list[tuple[str, Layer]]:
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def _hand_down_input_grad(self, need: bool) -> None:
         for i, layer in enumerate(self.layers):
-            layer.need_input_grad = i > 0
+            layer.need_input_grad = need if i == 0 else True
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -58,7 +68,8 @@ class Sequential:
     def backward(self, dout: Any) -> Any:
         """Backpropagate ``dL/d(output)``; fills every layer's ``grads``.
 
-        Returns ``dL/dx`` for the input, or None when the first layer skips it (Conv2D/Dense do).
+        Returns ``dL/dx`` for the input, or None when the first layer skips it (Conv2D/Dense do
+        when this is the outermost model).
         """
         for layer in reversed(self.layers):
             dout = layer.backward(dout)
@@ -80,59 +91,25 @@ class Sequential:
             return outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
 
     # -- parameters and state -------------------------------------------------------------------
-    def parameters(self) -> list[ParamRef]:
-        return [ParamRef(f"{i}.{key}", layer, key) for i, layer in enumerate(self.layers) for key in layer.params]
-
-    def num_params(self) -> int:
-        return sum(layer.num_params() for layer in self.layers)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Parameters and buffers (e.g. batch-norm running statistics) by name ``"<index>.<key>"``."""
-        state = {}
-        for i, layer in enumerate(self.layers):
-            for store in (layer.params, layer.buffers):
-                for key, value in store.items():
-                    state[f"{i}.{key}"] = value
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copy arrays (any backend, or NumPy) into this model's parameters and buffers, on its device.
-
-        Raises ValueError naming the missing/unexpected keys or the shape/dtype that does not match.
-        """
-        own = self.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(f"state does not match the model: missing keys {missing}, unexpected keys {unexpected}")
-        converted = {}
-        for name, current in own.items():
-            host = B.to_numpy(state[name])
-            if tuple(host.shape) != tuple(current.shape):
-                raise ValueError(f"{name}: expected shape {tuple(current.shape)}, got {tuple(host.shape)}")
-            if str(host.dtype) != B.dtype_name(current.dtype):
-                raise ValueError(f"{name}: expected dtype {B.dtype_name(current.dtype)}, got {host.dtype}")
-            converted[name] = B.to_device_like(host, current)
-        for name, value in converted.items():
-            index, key = name.split(".", 1)
-            layer = self.layers[int(index)]
-            (layer.params if key in layer.params else layer.buffers)[key] = value
+    # parameters(), state_dict(), load_state_dict() and num_params() come from Layer / Composite:
+    # one walk over the leaf layers (Layer.named_leaves) names everything.
 
     # -- random number generators --------------------------------------------------------------
     def set_rng(self, rng: Any) -> None:
         """Share one host generator (or seed) with every random layer (Dropout) that has none of its own.
 
-        The layers draw from it in forward order, so a seeded generator makes training reproducible;
-        ``fit(seed=...)`` passes its ``"dropout"`` stream here.
+        The layers (nested ones included) draw from it in forward order, so a seeded generator makes
+        training reproducible; ``fit(seed=...)`` passes its ``"dropout"`` stream here.
         """
         self._shared_rng = None if rng is None else B.host_rng(rng)
-        for layer in self.layers:
+        for _, layer in self.named_leaves():
             if hasattr(layer, "shared_rng"):
                 layer.shared_rng = self._shared_rng
 
     def rng_state(self) -> dict[str, Any]:
-        """The host generators' states, JSON-able: ``{"shared": ..., "layers": {"<index>": ...}}``."""
+        """The host generators' states, JSON-able: ``{"shared": ..., "layers": {"<dotted name>": ...}}``."""
         shared = getattr(self, "_shared_rng", None)
-        layers = {str(i): s for i, layer in enumerate(self.layers) if (s := layer.rng_state()) is not None}
+        layers = {name: s for name, layer in self.named_leaves() if (s := layer.rng_state()) is not None}
         return {"shared": None if shared is None else dict(shared.bit_generator.state), "layers": layers}
 
     def load_rng_state(self, state: dict[str, Any]) -> None:
@@ -141,41 +118,44 @@ class Sequential:
             if getattr(self, "_shared_rng", None) is None:
                 self.set_rng(0)
             self._shared_rng.bit_generator.state = state["shared"]
-        for index, layer_state in state.get("layers", {}).items():
-            self.layers[int(index)].load_rng_state(layer_state)
+        leaves = dict(self.named_leaves())
+        for name, layer_state in state.get("layers", {}).items():
+            if name not in leaves:
+                raise ValueError(f"generator state for layer {name!r}, which this model does not have")
+            leaves[name].load_rng_state(layer_state)
 
     def to(self, spec: str | B.Backend) -> Sequential:
         """Move every parameter and buffer to another backend/device (in place); returns ``self``.
 
         Build the optimizer after moving: its state lives where the parameters were when it was made.
         """
-        for layer in self.layers:
-            layer.to(spec)
+        super().to(spec)
         return self
 
     # -- architecture ---------------------------------------------------------------------------
-    def config(self) -> list[dict[str, Any]]:
-        """The architecture as JSON-able data: ``[{"type": "Conv2D", "args": {...}}, ...]``."""
-        return [{"type": type(layer).__name__, "args": layer.config()} for layer in self.layers]
+    def config(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        """The architecture as JSON-able data: ``[{"type": "Conv2D", "args": {...}}, ...]`` (composites nest)."""
+        return [layer.spec() for layer in self.layers]
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": "Sequential", "args": {"layers": self.config()}}
 
     @classmethod
-    def from_config(cls, config: Sequence[dict[str, Any]]) -> Sequential:
-        """Rebuild from :meth:`config` output; only registered xpcnn layer types are accepted."""
-        layers = []
-        for i, entry in enumerate(config):
-            try:
-                layer_cls = LAYER_TYPES[entry["type"]]
-                args = dict(entry.get("args", {}))
-            except (KeyError, TypeError):
-                raise ValueError(f"bad layer config at index {i}: {entry!r}; expected "
-                                 f"{{'type': one of {sorted(LAYER_TYPES)}, 'args': {{...}}}}") from None
-            try:
-                layers.append(layer_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}))
-            except TypeError as exc:
-                raise ValueError(f"bad arguments for {entry['type']} at index {i}: {exc}") from None
-        return cls(*layers)
+    def from_config(cls, config: Any) -> Sequential:
+        """Rebuild from :meth:`config` output (or a nested ``{"layers": [...]}``); only registered types are built."""
+        if isinstance(config, dict):
+            if set(config) != {"layers"}:
+                raise TypeError(f"Sequential takes 'layers', got {sorted(config)}")
+            config = config["layers"]
+        if not isinstance(config, (list, tuple)):
+            raise ValueError(f"a model config must be a list of layer specs, got {type(config).__name__}")
+        return cls(*[build_layer(entry, f"index {i}") for i, entry in enumerate(config)])
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.output_shapes(input_shape)[-1] if self.layers else tuple(input_shape)
 
     def output_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """The output shape after each top-level layer."""
         shapes, shape = [], tuple(input_shape)
         for layer in self.layers:
             shape = layer.output_shape(shape)
@@ -183,10 +163,12 @@ class Sequential:
         return shapes
 
     def summary(self, input_shape: tuple[int, ...]) -> str:
-        """A table of layers, output shapes (batch axis shown as N) and parameter counts."""
-        rows = [("layer", "output shape", "params")]
-        for layer, shape in zip(self.layers, self.output_shapes((1, *input_shape[1:]))):
-            rows.append((repr(layer), str(("N", *shape[1:])).replace("'", ""), f"{layer.num_params():,}"))
+        """A table of layers, output shapes (batch axis shown as N) and parameter counts.
+
+        Composite layers (Residual, nested Sequential) get a row with their total, then their
+        children's rows indented.
+        """
+        rows = [("layer", "output shape", "params"), *summary_rows(self, (1, *input_shape[1:]))]
         rows.append(("total", "", f"{self.num_params():,}"))
         widths = [max(len(r[c]) for r in rows) for c in range(3)]
         line = "-" * (sum(widths) + 4)
@@ -197,9 +179,9 @@ class Sequential:
             out.append(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}")
         return "\n".join(out)
 
-    def __repr__(self) -> str:
-        inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
-        return f"Sequential(\n{inner}\n)"
+
+
+register(Sequential)
 
 
 def _same_backend(a: Any, b: Any) -> bool:

@@ -81,4 +81,16 @@ RECIPES: dict[str, Recipe] = {
                    augment="shift2"),
     "bn": Recipe("bn", optimizer="adam", lr=2e-3, epochs=15, batch_size=128, schedule="cosine",
                  augment="shift1,flip", dataset="fashion-mnist"),
+    # residual nets: SGD with Nesterov momentum 0.9, L2 5e-4, cosine from 0.1 (He et al.'s CIFAR recipe,
+    # shortened); random 2-pixel crops of the zero-padded image and horizontal flips (for MNIST digits
+    # pass --augment crop2: a flipped digit is another symbol)
+    "resnet8": Recipe("resnet8", optimizer="nesterov", lr=0.1, epochs=12, batch_size=128, schedule="cosine",
+                      augment="crop2,flip", weight_decay=5e-4, dataset="fashion-mnist"),
+    "resnet20": Recipe("resnet20", optimizer="nesterov", lr=0.1, epochs=15, batch_size=128, schedule="cosine",
+                       augment="crop2,flip", weight_decay=5e-4, dataset="fashion-mnist"),
+    # the batch-norm CNN on MNIST digits: random 2-pixel crops, no flips
+    "bn-mnist": Recipe("bn", optimizer="adam", lr=2e-3, epochs=10, batch_size=128, schedule="cosine",
+                       augment="crop2", dataset="mnist"),
+    "separable": Recipe("separable", optimizer="adam", lr=2e-3, epochs=15, batch_size=128, schedule="cosine",
+                        augment="crop2,flip", dataset="fashion-mnist"),
 }

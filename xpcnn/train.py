@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import numpy as np
 
 from . import backend as B
 from . import checkpoint as ckpt
+from . import distributed
 from . import functional as F
 from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint
 from .datasets.loader import BatchIterator
@@ -119,7 +121,21 @@ def evaluate(model: Sequential, data: tuple[Any, Any], loss: Any = None, batch_s
 
 def evaluate_with_predictions(model: Sequential, data: tuple[Any, Any], loss: Any = None, batch_size: int = 512,
                               on_device: bool = False) -> tuple[dict[str, float], np.ndarray]:
-    """:func:`evaluate` and the predicted class of every sample, (N,) int64 on the host, in one pass."""
+    """:func:`evaluate` and the predicted class of every sample, (N,) int64 on the host, in one pass.
+
+    Data-parallel (:mod:`xpcnn.distributed`): every rank calls it; each evaluates a contiguous part and
+    every rank gets the reduced metrics and all predictions.
+    """
+    dp = distributed.current()
+    if dp is not None:
+        x, y = _as_xy(data)
+        check_data(model, x, y, "evaluation")
+        return dp.evaluate(x, y, lambda part: _evaluate_here(model, part, loss, batch_size, on_device))
+    return _evaluate_here(model, data, loss, batch_size, on_device)
+
+
+def _evaluate_here(model: Sequential, data: tuple[Any, Any], loss: Any, batch_size: int,
+                   on_device: bool) -> tuple[dict[str, float], np.ndarray]:
     loss = loss or SoftmaxCrossEntropy()
     x, y = _as_xy(data)
     check_data(model, x, y, "evaluation")
@@ -168,6 +184,8 @@ class Trainer:
         self.check_every = check_every
         self.history = History()
         self.epoch = 0
+        #: the data-parallel hooks (:class:`xpcnn.distributed.DataParallel`), None in a single process
+        self.dp: Any = None
 
     def rng_state(self) -> dict[str, Any]:
         """The loader's and the model's generator states (JSON-able)."""
@@ -182,6 +200,9 @@ class Trainer:
             self.model.load_rng_state({"shared": state.get("global"), "layers": state.get("layers", {})})
 
     def save(self, path: str | Path) -> Path:
+        """Write a resumable checkpoint (data-parallel: rank 0 only; it holds every rank's state)."""
+        if self.dp is not None and not self.dp.is_root:
+            return Path(path)
         return ckpt.save(path, self.model, self.optimizer, scheduler=self.scheduler, epoch=self.epoch,
                          rng_state=self.rng_state(), history=self.history.epochs, extra=self.extra)
 
@@ -215,7 +236,12 @@ class Trainer:
         if step == 1:
             _check_label_range(self.train, out)  # before the first update: host integers only
         loss = self.loss.forward(out, yb)
-        self.model.backward(self.loss.backward())
+        dout = self.loss.backward()
+        if self.dp is not None:  # this rank's share of the global batch's mean; gradients summed over ranks
+            dout = self.dp.scale_loss_grad(dout)
+        self.model.backward(dout)
+        if self.dp is not None:
+            self.dp.reduce_gradients(self.optimizer.params)
         self.optimizer.step()
         return loss, out
 
@@ -235,6 +261,8 @@ class Trainer:
                         bar.set_postfix(**tally.postfix())  # only when the tally was read anyway
                     if bar is not None:
                         bar.update(1)
+                if self.dp is not None:
+                    self.dp.reduce_tally(tally)
                 result = tally.result()
         finally:
             for bank in banks:
@@ -325,11 +353,8 @@ class Tally:
 
 def _mask_banks(layer: Any) -> list[Any]:
     """The dropout mask banks of ``layer`` and of the layers it holds (Sequential, nested blocks)."""
-    banks = [layer.masks] if isinstance(getattr(layer, "masks", None), MaskBank) else []
-    children = layer if isinstance(layer, Sequential) else getattr(layer, "layers", ())
-    for child in children:
-        banks += _mask_banks(child)
-    return banks
+    leaves = [leaf for _, leaf in layer.named_leaves()] if hasattr(layer, "named_leaves") else [layer]
+    return [leaf.masks for leaf in leaves if isinstance(getattr(leaf, "masks", None), MaskBank)]
 
 
 def _has_float64(xp: Any, x: Any) -> bool:
@@ -396,6 +421,10 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
     x, y = _as_xy(train, "train")
     _check_fit_args(epochs, batch_size, val_split, seed, callbacks)
     check_data(model, x, y, "train")
+    dp = distributed.current()  # None unless launched with several ranks (or distributed.init() was called)
+    if dp is not None:
+        seed = dp.common_seed(seed)
+        progress, log = progress and dp.is_root, log if dp.is_root else None
 
     def stream(purpose: str) -> np.random.Generator | None:
         return None if seed is None else B.seed_stream(seed, purpose)
@@ -409,15 +438,38 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
         val = (xv, yv)
     if val is not None:
         check_data(model, *_as_xy(val, "val"), "val")
-    loader = BatchIterator(x, y, batch_size, shuffle=True, rng=stream("shuffle"), on_device=on_device,
-                           x_dtype=_model_dtype(model), transform=transform, drop_last=drop_last)
+    make_loader = BatchIterator if dp is None else dp.make_loader
+    loader = make_loader(x, y, batch_size, shuffle=True, rng=stream("shuffle"), on_device=on_device,
+                         x_dtype=_model_dtype(model), transform=transform, drop_last=drop_last)
     trainer = Trainer(model, optimizer, loss, loader, scheduler, extra, check_every)
+    trainer.dp = dp
     if resume is not None:
         trainer.resume(resume)
         if resume_hyper:
             trainer.set_hyper(**resume_hyper)
         if log:
             log(f"resumed from {resume} at epoch {trainer.epoch}")
+    if dp is not None:  # same configuration, data and state on every rank; rank 0's weights everywhere
+        dp.start(model, {"model": model.config(), "optimizer": optimizer.state_dict(), "data": (x, y), "val": val,
+                         "fit": [epochs, batch_size, seed, drop_last, on_device, distributed.describe(transform),
+                                 distributed.describe(scheduler)],
+                         "rng": trainer.rng_state(), "epoch": trainer.epoch, "extra": extra})
+    with nullcontext() if dp is None else dp.attach(model):
+        try:
+            _train_epochs(trainer, epochs, val, on_device, progress, log, callbacks)
+        except distributed.CollectiveError:
+            raise
+        except BaseException as exc:
+            if dp is not None:
+                dp.fail(exc)  # a lone failing rank ends them all (MPI_Abort) instead of leaving them waiting
+            raise
+    return trainer.history
+
+
+def _train_epochs(trainer: Trainer, epochs: int, val: Any, on_device: bool, progress: bool,
+                  log: Callable[[str], None] | None, callbacks: Sequence[Callback]) -> None:
+    """The epoch loop of :func:`fit`: train, validate, schedule, log, callbacks (which may stop it)."""
+    model, optimizer, scheduler, loss = trainer.model, trainer.optimizer, trainer.scheduler, trainer.loss
     while trainer.epoch < epochs:
         start = time.perf_counter()
         logs: dict[str, float] = {"epoch": trainer.epoch + 1, "lr": optimizer.lr}
@@ -440,9 +492,10 @@ def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple
         stop = False
         for cb in callbacks:
             stop = bool(cb.on_epoch_end(trainer, logs)) or stop
+        if trainer.dp is not None:
+            trainer.dp.check_replicas(model)
         if stop:
             break
-    return trainer.history
 
 
 def _format_logs(logs: dict[str, float], epochs: int) -> str:

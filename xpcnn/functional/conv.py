@@ -1,6 +1,6 @@
 """2-D convolution by im2col / col2im, written against the Array API.
 
-Conventions (PyTorch-compatible): ``x: (N, C, H, W)``, ``W: (F, C, KH, KW)``,
+Conventions (PyTorch-compatible): ``x: (N, C, H, W)``, ``W: (F, C/G, KH, KW)`` for ``G = groups``,
 ``b: (F,)``, output ``y: (N, F, OH, OW)`` with
 
     OH = (H + 2*PH - DH*(KH - 1) - 1) / SH + 1        (likewise OW)
@@ -16,6 +16,19 @@ output directly in NCHW order:
     y[n] = Wm @ col[n] + b                     (forward)
     dW   = sum_n dout[n] @ col[n]^T            (weight gradient)
     dcol = Wm^T @ dout[n];  dx = col2im(dcol)  (input gradient)
+
+Groups (``G > 1``; depthwise when ``G = C``): input channels and filters are split into ``G`` equal,
+contiguous groups (filter ``f`` belongs to group ``f // (F/G)`` and reads channels ``g*C/G ... (g+1)*C/G - 1``,
+PyTorch's rule).  The same taps are regrouped into ``colg: (N, G, KH*KW*C/G, OH*OW)`` and the
+weights into ``Wg: (G, F/G, KH*KW*C/G)``; one batched ``matmul`` per direction:
+
+    y[n, g] = Wg[g] @ colg[n, g]                dWg[g] = sum_n dout[n, g] @ colg[n, g]^T
+    dcolg[n, g] = Wg[g]^T @ dout[n, g]          dx = col2im(dcolg regrouped)
+
+For depthwise convolutions with one filter per group (``C/G = F/G = 1``) those products are
+``1 x KH*KW`` by ``KH*KW x L``: a batched ``matmul`` would run ``N*C`` tiny products, so the
+reference computes the same sums as ``KH*KW`` broadcast multiply-adds over the taps instead
+(see :func:`_depthwise_forward`).
 
 ``conv2d_forward`` returns ``(y, cache)`` and ``conv2d_backward(dout, cache)`` the gradients; the public
 functions validate their arguments, the underscored ones (what :mod:`xpcnn.kernels` dispatches to, after
@@ -35,6 +48,7 @@ from ..checks import (
     check_floating,
     check_rank,
     check_same_dtype,
+    integer,
     namespace,
     output_size,
     pair,
@@ -42,6 +56,8 @@ from ..checks import (
 
 __all__ = [
     "ConvCache",
+    "check_conv_args",
+    "check_groups",
     "conv2d",
     "conv2d_backward",
     "conv2d_forward",
@@ -163,15 +179,31 @@ def _weights_as_matrix(xp: Any, W: Any) -> Any:
     return xp.reshape(xp.permute_dims(W, (0, 2, 3, 1)), (F, -1))
 
 
-def check_conv_args(x: Any, W: Any, b: Any | None) -> Any:
-    """Validate a convolution's arrays (namespace, ranks, dtypes, channels, bias shape); returns ``xp``."""
+def _weights_as_groups(xp: Any, W: Any, groups: int) -> Any:
+    """``W: (F, C/G, KH, KW) -> Wg: (G, F/G, KH*KW*C/G)``, each group's rows tap-major like its columns."""
+    F = W.shape[0]
+    return xp.reshape(xp.permute_dims(W, (0, 2, 3, 1)), (groups, F // groups, -1))
+
+
+def check_groups(C: int, F: int, groups: Any) -> int:
+    """``groups`` as an int that divides both the input channels ``C`` and the filters ``F``."""
+    g = integer("groups", groups, minimum=1)
+    if C % g or F % g:
+        raise ValueError(f"groups={g} must divide both the input channels ({C}) and the filters ({F})")
+    return g
+
+
+def check_conv_args(x: Any, W: Any, b: Any | None, groups: int = 1) -> Any:
+    """Validate a convolution's arrays (namespace, ranks, dtypes, channels, groups, bias shape); returns ``xp``."""
     xp = namespace(x, W, b)
     check_rank(x, 4, "x", "(N, C, H, W)")
-    check_rank(W, 4, "W", "(F, C, KH, KW)")
+    check_rank(W, 4, "W", "(F, C/groups, KH, KW)")
     check_floating(x, "x")
     check_same_dtype(x, "x", W=W, b=b)
-    if x.shape[1] != W.shape[1]:
-        raise ValueError(f"channel mismatch: W expects {W.shape[1]} input channels (W shape {tuple(W.shape)}), "
+    groups = check_groups(x.shape[1], W.shape[0], groups) if groups != 1 else 1
+    if x.shape[1] != W.shape[1] * groups:
+        per = "" if groups == 1 else f" per group x {groups} groups = {W.shape[1] * groups}"
+        raise ValueError(f"channel mismatch: W expects {W.shape[1]} input channels{per} (W shape {tuple(W.shape)}), "
                          f"but x has {x.shape[1]} (x shape {tuple(x.shape)})")
     if b is not None and tuple(b.shape) != (W.shape[0],):
         raise ValueError(f"b must have shape ({W.shape[0]},) for W of shape {tuple(W.shape)}, got {tuple(b.shape)}")
@@ -180,70 +212,174 @@ def check_conv_args(x: Any, W: Any, b: Any | None) -> Any:
 
 @dataclass(frozen=True)
 class ConvCache:
-    """What the convolution's backward needs: the column matrix, the input shape, the weights, the geometry."""
+    """What the convolution's backward needs: the column matrix, the input shape, the weights, the geometry.
 
-    col: Any            # (N, KH*KW*C, OH*OW)
+    ``col`` is ``(N, KH*KW*C, OH*OW)`` for ``groups == 1``, ``(N, G, KH*KW*C/G, OH*OW)`` for a grouped
+    convolution, and the padded input ``(N, C, H + 2PH, W + 2PW)`` for the depthwise tap form.
+    """
+
+    col: Any
     x_shape: tuple[int, int, int, int]
-    W: Any              # (F, C, KH, KW)
+    W: Any              # (F, C/G, KH, KW)
     stride: Pair
     padding: Pair
     dilation: Pair
     out: Pair           # (OH, OW)
+    groups: int = 1
+
+
+def _is_depthwise(C: int, W: Any, groups: int) -> bool:
+    """One input channel per group (``C/G == 1``): the tap form replaces the batched matmul."""
+    return groups > 1 and groups == C and W.shape[1] == 1
+
+
+def _grouped_col(xp: Any, x: Any, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair, out: Pair,
+                 groups: int) -> Any:
+    """``x: (N, C, H, W) -> colg: (N, G, KH*KW*C/G, OH*OW)`` (rows tap-major within a group)."""
+    N, C = x.shape[0], x.shape[1]
+    kk, cg, L = kernel[0] * kernel[1], C // groups, out[0] * out[1]
+    taps = stack_taps(pad2d(x, padding), kernel, out, stride, dilation, axis=1)  # (N, KK, C, OH, OW)
+    taps = xp.permute_dims(xp.reshape(taps, (N, kk, groups, cg, L)), (0, 2, 1, 3, 4))
+    return xp.reshape(taps, (N, groups, kk * cg, L))
+
+
+def _depthwise_forward(xp: Any, xpad: Any, W: Any, kernel: Pair, stride: Pair, dilation: Pair, out: Pair) -> Any:
+    """``y[n, c*M + m] = sum_t W[c*M + m, 0, t] * tap_t(x)[n, c]``: ``KH*KW`` broadcast multiply-adds.
+
+    xpad: (N, C, Hp, Wp), W: (C*M, 1, KH, KW) -> (N, C*M, OH*OW) (M = filters per channel).
+    """
+    N, C = xpad.shape[0], xpad.shape[1]
+    M = W.shape[0] // C
+    Wt = xp.reshape(W, (1, C, M, kernel[0] * kernel[1]))
+    y = None
+    for t, (hs, ws) in enumerate(tap_slices(kernel, out, stride, dilation)):
+        tap = xpad[:, :, hs, ws]
+        term = (tap * xp.reshape(Wt[..., t], (1, C, 1, 1)) if M == 1 else
+                xp.reshape(tap, (N, C, 1, *out)) * xp.reshape(Wt[..., t], (1, C, M, 1, 1)))
+        if y is None:
+            y = term
+        else:
+            y += term
+    return xp.reshape(y, (N, C * M, out[0] * out[1]))
 
 
 def _conv2d_forward(x: Any, W: Any, b: Any | None, stride: Pair, padding: Pair,
-                    dilation: Pair) -> tuple[Any, ConvCache]:
+                    dilation: Pair, groups: int = 1) -> tuple[Any, ConvCache]:
     """:func:`conv2d_forward` without the argument checks (``stride``, ``padding``, ``dilation`` are pairs)."""
     xp = array_api_compat.array_namespace(x)
-    N, F = x.shape[0], W.shape[0]
+    N, C, F = x.shape[0], x.shape[1], W.shape[0]
     kernel = (W.shape[2], W.shape[3])
-    col, (oh, ow) = _unfold(x, kernel, stride, padding, dilation)
-    y = xp.matmul(_weights_as_matrix(xp, W), col)  # (F, K) @ (N, K, L) -> (N, F, L)
+    if groups == 1:
+        col, (oh, ow) = _unfold(x, kernel, stride, padding, dilation)
+        y = xp.matmul(_weights_as_matrix(xp, W), col)  # (F, K) @ (N, K, L) -> (N, F, L)
+    else:
+        oh, ow = conv_geometry(x.shape, kernel, stride, padding, dilation)
+        if _is_depthwise(C, W, groups):
+            col = pad2d(x, padding)
+            y = _depthwise_forward(xp, col, W, kernel, stride, dilation, (oh, ow))  # (N, F, L)
+        else:
+            col = _grouped_col(xp, x, kernel, stride, padding, dilation, (oh, ow), groups)
+            y = xp.matmul(_weights_as_groups(xp, W, groups), col)  # (G, F/G, K) @ (N, G, K, L) -> (N, G, F/G, L)
+        y = xp.reshape(y, (N, F, oh * ow))
     if b is not None:
         y += xp.reshape(b, (F, 1))
-    cache = ConvCache(col, tuple(x.shape), W, stride, padding, dilation, (oh, ow))
+    cache = ConvCache(col, tuple(x.shape), W, stride, padding, dilation, (oh, ow), groups)
     return xp.reshape(y, (N, F, oh, ow)), cache
 
 
 def conv2d_forward(x: Any, W: Any, b: Any | None = None, stride: int | Pair = 1, padding: int | Pair = 0,
-                   dilation: int | Pair = 1) -> tuple[Any, ConvCache]:
+                   dilation: int | Pair = 1, groups: int = 1) -> tuple[Any, ConvCache]:
     """Convolution (cross-correlation, as in every framework): returns ``(y, cache)``.
 
-    x: (N, C, H, W), W: (F, C, KH, KW), b: (F,) or None -> y: (N, F, OH, OW);
-    ``cache`` is what :func:`conv2d_backward` needs (its ``col`` is the im2col matrix).
+    x: (N, C, H, W), W: (F, C/groups, KH, KW), b: (F,) or None -> y: (N, F, OH, OW);
+    ``cache`` is what :func:`conv2d_backward` needs (for ``groups=1`` its ``col`` is the im2col matrix).
 
     >>> import numpy as np
     >>> x, W = np.ones((1, 1, 7, 7)), np.ones((2, 1, 3, 3))
     >>> y, cache = conv2d_forward(x, W, stride=2)          # floor((7 - 3) / 2) + 1 = 3
     >>> y.shape, float(y[0, 0, 0, 0])
     ((1, 2, 3, 3), 9.0)
+    >>> y, _ = conv2d_forward(np.ones((1, 4, 5, 5)), np.ones((4, 1, 3, 3)), groups=4)  # depthwise
+    >>> y.shape, float(y[0, 3, 0, 0])
+    ((1, 4, 3, 3), 9.0)
     """
-    check_conv_args(x, W, b)
-    return _conv2d_forward(x, W, b, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"))
+    check_conv_args(x, W, b, groups)
+    return _conv2d_forward(x, W, b, pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation"),
+                           int(groups))
 
 
 def conv2d(x: Any, W: Any, b: Any | None = None, stride: int | Pair = 1, padding: int | Pair = 0,
-           dilation: int | Pair = 1) -> Any:
+           dilation: int | Pair = 1, groups: int = 1) -> Any:
     """Convolution forward only: ``y: (N, F, OH, OW)``."""
-    return conv2d_forward(x, W, b, stride, padding, dilation)[0]
+    return conv2d_forward(x, W, b, stride, padding, dilation, groups)[0]
+
+
+def _depthwise_backward(xp: Any, dout: Any, cache: ConvCache, need_dx: bool) -> tuple[Any | None, Any]:
+    """The tap form's gradients: dout (N, C*M, OH, OW) -> (dx or None, dW: (C*M, 1, KH, KW)).
+
+    ``dW[c*M + m, 0, t] = sum_{n,l} dout[n, c*M + m, l] * tap_t[n, c, l]``;
+    ``dx`` adds ``sum_m W[c*M + m, 0, t] * dout[n, c*M + m]`` where tap ``t`` read.
+    """
+    xpad, W = cache.col, cache.W
+    N, C = xpad.shape[0], xpad.shape[1]
+    M = W.shape[0] // C
+    KH, KW = W.shape[2], W.shape[3]
+    out = cache.out
+    d5 = xp.reshape(dout, (N, C, M, out[0], out[1]))
+    slices = list(tap_slices((KH, KW), out, cache.stride, cache.dilation))
+    # (N, C, M, L) x (N, C, L, 1) -> (N, C, M, 1), summed over n: one batched product per tap
+    d4 = xp.reshape(d5, (N, C, M, out[0] * out[1]))
+    dW_taps = [xp.sum(xp.matmul(d4, xp.reshape(xpad[:, :, hs, ws], (N, C, out[0] * out[1], 1))), axis=(0, 3))
+               for hs, ws in slices]  # each (C, M)
+    dW = xp.reshape(xp.stack(dW_taps, axis=2), (C * M, 1, KH, KW))
+    if not need_dx:
+        return None, dW
+    Wt = xp.reshape(W, (C, M, KH * KW))
+
+    def tap_grad(t: int) -> Any:
+        if M == 1:
+            return dout * xp.reshape(Wt[:, 0, t], (1, C, 1, 1))
+        return xp.sum(d5 * xp.reshape(Wt[..., t], (1, C, M, 1, 1)), axis=2)  # (N, C, OH, OW)
+
+    dx = scatter_add_taps(tap_grad, cache.x_shape, (KH, KW), out, cache.stride, cache.padding, cache.dilation,
+                          dout)
+    return dx, dW
 
 
 def _conv2d_backward(dout: Any, cache: ConvCache, need_dx: bool = True) -> tuple[Any | None, Any, Any]:
     """:func:`conv2d_backward` without the argument checks."""
     xp = array_api_compat.array_namespace(dout)
-    W = cache.W
+    W, G = cache.W, cache.groups
     N, F = dout.shape[0], W.shape[0]
-    C, KH, KW = W.shape[1], W.shape[2], W.shape[3]
-    d2 = xp.reshape(dout, (N, F, cache.out[0] * cache.out[1]))  # explicit: -1 is ambiguous for an empty batch
+    Cg, KH, KW = W.shape[1], W.shape[2], W.shape[3]
+    L = cache.out[0] * cache.out[1]
+    d2 = xp.reshape(dout, (N, F, L))  # explicit: -1 is ambiguous for an empty batch
     db = xp.sum(d2, axis=(0, 2))
-    dWm = xp.sum(xp.matmul(d2, xp.matrix_transpose(cache.col)), axis=0)  # (F, KH*KW*C)
-    dW = xp.permute_dims(xp.reshape(dWm, (F, KH, KW, C)), (0, 3, 1, 2))
+    if G > 1 and _is_depthwise(cache.x_shape[1], W, G):
+        dx, dW = _depthwise_backward(xp, dout, cache, need_dx)
+        return dx, dW, db
+    if G == 1:
+        dWm = xp.sum(xp.matmul(d2, xp.matrix_transpose(cache.col)), axis=0)  # (F, KH*KW*C)
+    else:
+        d2 = xp.reshape(d2, (N, G, F // G, L))
+        dWm = xp.sum(xp.matmul(d2, xp.matrix_transpose(cache.col)), axis=0)  # (G, F/G, KH*KW*C/G)
+    dW = xp.permute_dims(xp.reshape(dWm, (F, KH, KW, Cg)), (0, 3, 1, 2))
     if not need_dx:
         return None, dW, db
-    dcol = xp.matmul(xp.matrix_transpose(_weights_as_matrix(xp, W)), d2)  # (N, KH*KW*C, L)
-    cols = xp.reshape(dcol, (N, KH * KW, C, *cache.out))
-    dx = scatter_add_taps(lambda t: cols[:, t, :, :, :], cache.x_shape, (KH, KW), cache.out, cache.stride,
-                          cache.padding, cache.dilation, dcol)
+    if G == 1:
+        dcol = xp.matmul(xp.matrix_transpose(_weights_as_matrix(xp, W)), d2)  # (N, KH*KW*C, L)
+        cols = xp.reshape(dcol, (N, KH * KW, Cg, *cache.out))
+
+        def tap_values(t: int) -> Any:
+            return cols[:, t, :, :, :]
+    else:
+        dcol = xp.matmul(xp.matrix_transpose(_weights_as_groups(xp, W, G)), d2)  # (N, G, KH*KW*C/G, L)
+        cols = xp.reshape(dcol, (N, G, KH * KW, Cg, *cache.out))
+
+        def tap_values(t: int) -> Any:
+            return xp.reshape(cols[:, :, t, :, :, :], (N, G * Cg, *cache.out))
+    dx = scatter_add_taps(tap_values, cache.x_shape, (KH, KW), cache.out, cache.stride, cache.padding,
+                          cache.dilation, dcol)
     return dx, dW, db
 
 
@@ -252,7 +388,7 @@ def conv2d_backward(dout: Any, cache: ConvCache, need_dx: bool = True) -> tuple[
 
     dout: (N, F, OH, OW); cache: from :func:`conv2d_forward`;
     dx: (N, C, H, W) or None when ``need_dx`` is False (the first layer);
-    dW: (F, C, KH, KW); db: (F,).  Input rows/columns no window reached get zero in ``dx``.
+    dW: (F, C/groups, KH, KW); db: (F,).  Input rows/columns no window reached get zero in ``dx``.
     """
     namespace(dout, cache.col, cache.W)
     check_same_dtype(cache.W, "W", dout=dout)

@@ -1,4 +1,4 @@
-"""Max and average pooling over ``(N, C, H, W)``, forward and backward, on the Array API.
+"""Max, average and global average pooling over ``(N, C, H, W)``, forward and backward, on the Array API.
 
 The windows are gathered tap-first, ``(KH*KW, N, C, OH, OW)``, so the
 reduction runs over the leading axis (fast on NumPy) and the backward pass is a
@@ -32,6 +32,9 @@ __all__ = [
     "avg_pool2d",
     "avg_pool2d_backward",
     "avg_pool2d_forward",
+    "global_avg_pool2d",
+    "global_avg_pool2d_backward",
+    "global_avg_pool2d_forward",
     "max_pool2d",
     "max_pool2d_backward",
     "max_pool2d_forward",
@@ -62,10 +65,10 @@ def pool_geometry(x_shape: tuple[int, ...], kernel_size: int | Pair, stride: int
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"pooling padding must be at most half the kernel: kernel {k}, got padding {p}")
     sizes = (x_shape[-2], x_shape[-1])
-    out = tuple(output_size(sizes[a], k[a], s[a], p[a], 1, axis, ceil_mode)
-                for a, axis in enumerate(("height", "width")))
-    extra = tuple(max(0, (out[a] - 1) * s[a] + k[a] - (sizes[a] + 2 * p[a])) for a in range(2))
-    return PoolGeometry(k, s, p, out, extra)
+    oh, ow = (output_size(sizes[a], k[a], s[a], p[a], 1, axis, ceil_mode) for a, axis in enumerate(("height", "width")))
+    out = (oh, ow)
+    eh, ew = (max(0, (out[a] - 1) * s[a] + k[a] - (sizes[a] + 2 * p[a])) for a in range(2))
+    return PoolGeometry(k, s, p, out, (eh, ew))
 
 
 @dataclass(frozen=True)
@@ -220,3 +223,48 @@ def avg_pool2d_backward(dout: Any, cache: PoolCache) -> Any:
     """Gradient of average pooling: every input in a window gets ``dout / (KH*KW)``."""
     _check_dout(dout, cache)
     return _avg_pool2d_backward(dout, cache)
+
+
+# -- global average pooling ----------------------------------------------------------------------------
+
+def _global_avg_pool2d_forward(x: Any) -> tuple[Any, tuple[int, ...]]:
+    """:func:`global_avg_pool2d_forward` without the checks; the cache is the input shape."""
+    xp = array_api_compat.array_namespace(x)
+    N, C, H, W = x.shape
+    y = xp.sum(xp.reshape(x, (N, C, H * W)), axis=2) / float(H * W)
+    return y, tuple(x.shape)
+
+
+def _global_avg_pool2d_backward(dout: Any, x_shape: tuple[int, ...]) -> Any:
+    """:func:`global_avg_pool2d_backward` without the checks: ``dout / (H*W)`` broadcast over each map."""
+    xp = array_api_compat.array_namespace(dout)
+    N, C, H, W = x_shape
+    share = xp.reshape(dout / float(H * W), (N, C, 1, 1))
+    return share * xp.ones((1, 1, H, W), dtype=dout.dtype, device=array_api_compat.device(dout))
+
+
+def global_avg_pool2d_forward(x: Any) -> tuple[Any, tuple[int, ...]]:
+    """The mean of each feature map: x: (N, C, H, W) -> y: (N, C); the cache is ``x.shape``.
+
+    >>> import numpy as np
+    >>> y, cache = global_avg_pool2d_forward(np.arange(8.0).reshape(1, 2, 2, 2))
+    >>> y.tolist(), cache
+    ([[1.5, 5.5]], (1, 2, 2, 2))
+    """
+    _check_input(x)
+    if x.shape[2] * x.shape[3] == 0:
+        raise ValueError(f"global average pooling needs non-empty feature maps, got x of shape {tuple(x.shape)}")
+    return _global_avg_pool2d_forward(x)
+
+
+def global_avg_pool2d(x: Any) -> Any:
+    """Global average pooling forward only: ``y: (N, C)``."""
+    return global_avg_pool2d_forward(x)[0]
+
+
+def global_avg_pool2d_backward(dout: Any, x_shape: tuple[int, ...]) -> Any:
+    """Gradient of global average pooling: dout: (N, C) -> dx: (N, C, H, W), each element ``dout / (H*W)``."""
+    check_floating(dout, "dout")
+    if tuple(dout.shape) != tuple(x_shape[:2]):
+        raise ValueError(f"dout must have the forward output's shape {tuple(x_shape[:2])}, got {tuple(dout.shape)}")
+    return _global_avg_pool2d_backward(dout, x_shape)

@@ -18,6 +18,7 @@ from .ops import (
                   conv2d,
                   dense,
                   dropout,
+                  global_avg_pool2d,
                   leaky_relu,
                   max_pool2d,
                   optimizer_update,
@@ -29,5 +30,9 @@ from .ops import (
 from .registry import ENV_VAR, MODES, KernelError, KernelSet, Op, active_sets, kernel_mode, register_set, using_kernels
 
 __all__ = ["ENV_VAR", "MODES", "KernelError", "KernelSet", "Op", "active_sets", "avg_pool2d", "batch_norm", "conv2d",
-           "dense", "dropout", "kernel_mode", "leaky_relu", "max_pool2d", "optimizer_update", "register_set", "relu",
-           "sigmoid", "softmax_cross_entropy", "tanh", "using_kernels"]
+           "dense", "dropout", "global_avg_pool2d", "kernel_mode", "leaky_relu", "max_pool2d", "optimizer_update",
+           "register_set", "relu", "sigmoid", "softmax_cross_entropy", "tanh", "using_kernels"]
+
+from .cuda import register as _register_cuda  # noqa: E402 (after the ops exist)
+
+_register_cuda()

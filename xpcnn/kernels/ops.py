@@ -5,9 +5,11 @@ Signatures (arguments already validated by the caller; geometry already normalis
 ==========================  ==============================================  ===================================
 op                          forward(...) -> (y, cache)                       backward(dout, cache, ...) ->
 ==========================  ==============================================  ===================================
-``conv2d``                  ``x, W, b, stride, padding, dilation``           ``need_dx`` -> ``(dx, dW, db)``
+``conv2d``                  ``x, W, b, stride, padding, dilation[,           ``need_dx`` -> ``(dx, dW, db)``
+                            groups=G]`` (keyword, only when ``G > 1``)
 ``max_pool2d``              ``x, geometry`` (:class:`PoolGeometry`)          ``dx``
 ``avg_pool2d``              ``x, geometry``                                  ``dx``
+``global_avg_pool2d``       ``x`` (N, C, H, W) -> (N, C)                     ``dx``
 ``dense``                   ``x, W, b``                                      ``need_dx`` -> ``(dx, dW, db)``
 ``relu/sigmoid/tanh``       ``x``                                            ``dx``
 ``leaky_relu``              ``x, alpha``                                     ``dx``
@@ -45,11 +47,18 @@ from ..functional.dense import _dense_backward, _dense_forward
 from ..functional.dropout import _dropout_backward, _dropout_forward
 from ..functional.loss import _softmax_cross_entropy_backward, _softmax_cross_entropy_forward
 from ..functional.norm import _batch_norm_backward, _batch_norm_forward
-from ..functional.pool import _avg_pool2d_backward, _avg_pool2d_forward, _max_pool2d_backward, _max_pool2d_forward
+from ..functional.pool import (
+    _avg_pool2d_backward,
+    _avg_pool2d_forward,
+    _global_avg_pool2d_backward,
+    _global_avg_pool2d_forward,
+    _max_pool2d_backward,
+    _max_pool2d_forward,
+)
 from .registry import Op
 
-__all__ = ["avg_pool2d", "batch_norm", "conv2d", "dense", "dropout", "leaky_relu", "max_pool2d", "optimizer_update",
-           "relu", "sigmoid", "softmax_cross_entropy", "tanh"]
+__all__ = ["avg_pool2d", "batch_norm", "conv2d", "dense", "dropout", "global_avg_pool2d", "leaky_relu", "max_pool2d",
+           "optimizer_update", "relu", "sigmoid", "softmax_cross_entropy", "tanh"]
 
 
 def _output_is_cache(fn: Any) -> Any:
@@ -71,6 +80,7 @@ def _leaky_backward(dout: Any, cache: tuple[Any, float]) -> Any:
 conv2d = Op("conv2d", _conv2d_forward, _conv2d_backward)
 max_pool2d = Op("max_pool2d", _max_pool2d_forward, _max_pool2d_backward)
 avg_pool2d = Op("avg_pool2d", _avg_pool2d_forward, _avg_pool2d_backward)
+global_avg_pool2d = Op("global_avg_pool2d", _global_avg_pool2d_forward, _global_avg_pool2d_backward)
 dense = Op("dense", _dense_forward, _dense_backward)
 relu = Op("relu", _output_is_cache(_relu), _relu_backward)
 sigmoid = Op("sigmoid", _output_is_cache(_sigmoid), _sigmoid_backward)

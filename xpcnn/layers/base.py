@@ -20,8 +20,9 @@ import array_api_compat
 from .. import backend as B
 from ..checks import check_floating, check_rank, namespace
 from ..initializers import INITIALIZERS, initialize
+from ..parameter import ParamRef
 
-__all__ = ["Layer", "LAYER_TYPES", "register"]
+__all__ = ["Layer", "LAYER_TYPES", "build_layer", "register"]
 
 #: Layer classes by name, used to rebuild a model from a checkpoint's JSON config (no code is executed).
 LAYER_TYPES: dict[str, type[Layer]] = {}
@@ -33,6 +34,24 @@ def register(cls: type[Layer]) -> type[Layer]:
         raise TypeError(f"register expects a subclass of xpcnn.layers.Layer, got {cls!r}")
     LAYER_TYPES[cls.__name__] = cls
     return cls
+
+
+def build_layer(spec: Any, where: str = "") -> Layer:
+    """A layer from its :meth:`Layer.spec` (``{"type": ..., "args": {...}}``); only registered types are built.
+
+    ``where`` names the position in error messages (``"index 3"``, ``"3.body"``).
+    """
+    where = where or "the top level"
+    try:
+        layer_cls = LAYER_TYPES[spec["type"]]
+        args = spec.get("args", {})
+    except (KeyError, TypeError, AttributeError):
+        raise ValueError(f"bad layer config at {where}: {spec!r}; expected "
+                         f"{{'type': one of {sorted(LAYER_TYPES)}, 'args': {{...}}}}") from None
+    try:
+        return layer_cls.from_config(args)
+    except TypeError as exc:
+        raise ValueError(f"bad arguments for {spec['type']} at {where}: {exc}") from None
 
 
 class Layer(abc.ABC):
@@ -65,6 +84,60 @@ class Layer(abc.ABC):
     def config(self) -> dict[str, Any]:
         """The JSON-able constructor arguments that rebuild this layer."""
         return {}
+
+    @classmethod
+    def from_config(cls, config: Any) -> Layer:
+        """Rebuild from :meth:`config` output (JSON lists become tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in dict(config).items()})
+
+    def spec(self) -> dict[str, Any]:
+        """``{"type": <registered name>, "args": config()}``: what a model's config stores per layer."""
+        return {"type": type(self).__name__, "args": self.config()}
+
+    # -- composites (Sequential, Residual) override these -------------------------------------------
+    def children(self) -> list[tuple[str, Layer]]:
+        """The named child layers of a composite; a leaf layer has none."""
+        return []
+
+    def named_leaves(self) -> list[tuple[str, Layer]]:
+        """Every leaf layer at or below this one with its dotted name (``""`` for a leaf itself, ``"3.body.0"``)."""
+        return [("", self)]  # composites override this with their children's leaves
+
+    def parameters(self) -> list[ParamRef]:
+        """A :class:`~xpcnn.parameter.ParamRef` per trainable array, named ``"<leaf path>.<key>"`` (``"3.body.0.W"``).
+
+        The one place parameters are collected: optimizers, checkpoints and gradient checks all use it.
+        """
+        return [ParamRef(f"{name}.{key}" if name else key, leaf, key)
+                for name, leaf in self.named_leaves() for key in leaf.params]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Parameters and buffers (batch-norm running statistics) by dotted name."""
+        return {(f"{name}.{key}" if name else key): value
+                for name, leaf in self.named_leaves() for store in (leaf.params, leaf.buffers)
+                for key, value in store.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy arrays (any backend, or NumPy) into the parameters and buffers, on this layer's device.
+
+        All or nothing: raises ValueError naming the missing/unexpected keys or the shape/dtype that does
+        not match before anything is changed.
+        """
+        slots = {(f"{name}.{key}" if name else key): (store, key)
+                 for name, leaf in self.named_leaves() for store in (leaf.params, leaf.buffers) for key in store}
+        missing, unexpected = sorted(set(slots) - set(state)), sorted(set(state) - set(slots))
+        if missing or unexpected:
+            raise ValueError(f"state does not match the model: missing keys {missing}, unexpected keys {unexpected}")
+        converted = {}
+        for name, (store, key) in slots.items():
+            current, host = store[key], B.to_numpy(state[name])
+            if tuple(host.shape) != tuple(current.shape):
+                raise ValueError(f"{name}: expected shape {tuple(current.shape)}, got {tuple(host.shape)}")
+            if str(host.dtype) != B.dtype_name(current.dtype):
+                raise ValueError(f"{name}: expected dtype {B.dtype_name(current.dtype)}, got {host.dtype}")
+            converted[name] = B.to_device_like(host, current)
+        for name, (store, key) in slots.items():
+            store[key] = converted[name]
 
     # -- helpers --------------------------------------------------------------------------------
     def _require_forward(self, cache: Any) -> None:

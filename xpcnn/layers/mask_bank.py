@@ -41,6 +41,9 @@ class MaskBank:
         self.rows = 0  # rows of the epoch not yet drawn
         self.keep: Any = None  # the current block, (rows, *features) bool on the device
         self.pos = 0  # rows of the block already used
+        #: data parallelism (:mod:`xpcnn.distributed`) sets a callable returning the step's shard (``start``,
+        #: ``stop``, ``total``): the bank then steps through whole global batches and returns this rank's rows
+        self.shard: Any = None
 
     def plan(self, rows: int) -> None:
         """Announce ``rows`` training samples for the coming epoch (0 ends the epoch, dropping leftovers)."""
@@ -56,6 +59,11 @@ class MaskBank:
             return None
         features = tuple(int(d) for d in x.shape[1:])
         n = int(x.shape[0])
+        lo, hi = 0, n
+        s = self.shard() if self.shard is not None else None
+        if s is not None and s.total and s.stop - s.start == n:
+            n, lo, hi = s.total, s.start, s.stop
+            rng = getattr(rng, "unwrapped", rng)  # draw whole rows, not a generator's per-rank view
         if self.keep is not None and tuple(self.keep.shape[1:]) != features:
             self.plan(0)
             return None
@@ -68,7 +76,7 @@ class MaskBank:
             self.keep, self.pos = self._draw(block, features, p, rng, x), 0
             self.rows -= block
         xp = array_api_compat.array_namespace(x)
-        rows = self.keep[self.pos:self.pos + n, ...]
+        rows = self.keep[self.pos + lo:self.pos + hi, ...]
         self.pos += n
         return xp.astype(rows, x.dtype) * (1.0 / (1.0 - p))
 

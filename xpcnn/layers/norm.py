@@ -12,6 +12,9 @@ from .base import Layer, register
 class _BatchNorm(Layer):
     _ndim = 0
     _layout = ""
+    #: None, or an object with the ``batch_norm`` op's ``forward``/``backward`` that train mode uses instead
+    #: (:mod:`xpcnn.distributed` puts a synchronised batch norm here: statistics over the global batch)
+    sync: Any = None
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, dtype: str = "float32") -> None:
         super().__init__()
@@ -26,24 +29,25 @@ class _BatchNorm(Layer):
         self.buffers["running_mean"] = self._constant(0.0, shape, dtype)
         self.buffers["running_var"] = self._constant(1.0, shape, dtype)
         self._cache: Any = None
+        self._op: Any = kernels.batch_norm
 
     def forward(self, x: Any, train: bool = False) -> Any:
         self._check_input(x, self._ndim, self._layout)
         if x.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}({self.num_features}) got {x.shape[1]} channels/features "
                              f"(input shape {tuple(x.shape)})")
-        if train and x.shape[0] * (x.shape[2] * x.shape[3] if x.ndim == 4 else 1) < 2:
+        op = self.sync if train and self.sync is not None else kernels.batch_norm
+        if op is kernels.batch_norm and train and x.shape[0] * (x.shape[2] * x.shape[3] if x.ndim == 4 else 1) < 2:
             raise ValueError(f"batch norm in train mode needs more than one value per feature, got x of shape "
                              f"{tuple(x.shape)}")
-        y, cache = kernels.batch_norm.forward(x, self.params["gamma"], self.params["beta"],
-                                              self.buffers["running_mean"], self.buffers["running_var"], train,
-                                              self.momentum, self.eps)
-        self._cache = cache if train else None
+        y, cache = op.forward(x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
+                              self.buffers["running_var"], train, self.momentum, self.eps)
+        self._cache, self._op = (cache, op) if train else (None, op)
         return y
 
     def backward(self, dout: Any) -> Any:
         self._require_forward(self._cache)
-        dx, self.grads["gamma"], self.grads["beta"] = kernels.batch_norm.backward(dout, self._cache)
+        dx, self.grads["gamma"], self.grads["beta"] = self._op.backward(dout, self._cache)
         return dx
 
     def config(self) -> dict[str, Any]:

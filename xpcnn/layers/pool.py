@@ -1,4 +1,7 @@
-"""Pooling layers over the ``max_pool2d`` / ``avg_pool2d`` ops (reference: :mod:`xpcnn.functional.pool`)."""
+"""Pooling layers over the ``max_pool2d`` / ``avg_pool2d`` / ``global_avg_pool2d`` ops.
+
+Reference: :mod:`xpcnn.functional.pool`.
+"""
 
 from __future__ import annotations
 
@@ -70,3 +73,35 @@ class AvgPool2D(_Pool2D):
     """Average pooling. x: (N, C, H, W) -> y: (N, C, OH, OW); padded zeros count in the mean."""
 
     _op = kernels.avg_pool2d
+
+
+@register
+class GlobalAvgPool2D(Layer):
+    """The mean of each feature map: x: (N, C, H, W) -> y: (N, C) (op ``global_avg_pool2d``).
+
+    >>> import xpcnn
+    >>> xp = xpcnn.get_backend().xp
+    >>> tuple(xpcnn.layers.GlobalAvgPool2D()(xp.ones((2, 16, 7, 7), dtype=xp.float32)).shape)
+    (2, 16)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: Any = None
+
+    def forward(self, x: Any, train: bool = False) -> Any:
+        self._check_input(x, 4, "(N, C, H, W)")
+        if x.shape[2] * x.shape[3] == 0:
+            raise ValueError(f"GlobalAvgPool2D needs non-empty feature maps, got x of shape {tuple(x.shape)}")
+        y, cache = kernels.global_avg_pool2d.forward(x)
+        self._cache = cache if train else None
+        return y
+
+    def backward(self, dout: Any) -> Any:
+        self._require_forward(self._cache)
+        return kernels.global_avg_pool2d.backward(dout, self._cache)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(input_shape) != 4:
+            raise ValueError(f"GlobalAvgPool2D expects (N, C, H, W), got {tuple(input_shape)}")
+        return (input_shape[0], input_shape[1])
