@@ -93,7 +93,7 @@ def _param(layer: Any, key: str, g: _Graph, path: str) -> str:
 def _conv(layer: Any, x: str, shape: tuple[int, ...], g: _Graph, path: str) -> str:
     inputs = [x, _param(layer, "W", g, path)] + ([_param(layer, "b", g, path)] if "b" in layer.params else [])
     return g.node("Conv", inputs, path, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-                  pads=_pads(layer.padding), dilations=list(layer.dilation), group=int(getattr(layer, "groups", 1)))
+                  pads=_pads(layer.padding), dilations=list(layer.dilation), group=int(layer.groups))
 
 
 def _dense(layer: Any, x: str, shape: tuple[int, ...], g: _Graph, path: str) -> str:
@@ -161,8 +161,8 @@ EMITTERS: dict[str, Emitter] = {
     "Tanh": _plain("Tanh"),
     "Flatten": _plain("Flatten", axis=1),
     "Dropout": _plain("Identity"),
-    "GlobalAvgPool2D": _global_avg_pool,  # where this xpcnn has it
-    "Residual": _residual,                # (a composite: its children's nodes, then Add)
+    "GlobalAvgPool2D": _global_avg_pool,
+    "Residual": _residual,  # a composite: its children's nodes, then Add
 }
 
 

@@ -125,11 +125,6 @@ def _copy_into_module(module: torch.nn.Module, layer: Layer, twin: Twin) -> None
             target.copy_(torch.from_numpy(np.ascontiguousarray(host.T if w.transpose else host)))
 
 
-def _nesting() -> bool:
-    """Whether this xpcnn's Sequential is itself a layer (then nested Sequentials stay nested)."""
-    return issubclass(Sequential, Layer)
-
-
 def from_torch(source: Any, model: Sequential | None = None, *, dtype: Any = None) -> Sequential:
     """An xpcnn model from a ``torch.nn`` module, or ``model`` loaded from a PyTorch state dict.
 
@@ -175,7 +170,7 @@ def _from_module(module: torch.nn.Module, dtype: Any) -> Sequential:
                         f"torch module at position {_join(path, name)!r} ({child!r}): AdaptiveAvgPool2d must be "
                         "followed by Flatten (xpcnn's GlobalAvgPool2D returns (N, C), not (N, C, 1, 1))")
             children = [layer for name, child in named for layer in to_layers(child, _join(path, name))]
-            return [Sequential(*children)] if _nesting() and path else children
+            return [Sequential(*children)] if path else children  # nested Sequentials stay nested
         twin = twin_of_module(m, path or "<top>")
         layer = twin.to_layer(m, dt, convert, path)
         pairs.append((layer, m, twin))

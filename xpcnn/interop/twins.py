@@ -22,8 +22,7 @@ xpcnn layer          torch module(s)             weights (xpcnn -> torch)
 ``Sequential``       ``Sequential``              ``<index>.<...>`` (nested models stay nested)
 ===================  ==========================  ==================================================================
 
-(* the twin modules in :mod:`xpcnn.interop.pytorch`; the composite and global-pooling rows exist where
-this xpcnn has those layers.)
+(* the twin modules in :mod:`xpcnn.interop.pytorch`.)
 
 A model's state-dict names are the same on both sides apart from the weight names above: xpcnn's
 ``"3.W"`` is torch's ``"3.weight"`` (the index of the layer in the :class:`~xpcnn.Sequential`, then the
@@ -41,7 +40,6 @@ PyTorch load into xpcnn models with NumPy only.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -111,15 +109,11 @@ def _unsupported(module: Any, path: str, what: str) -> UnsupportedModuleError:
     return UnsupportedModuleError(f"torch module at position {path!r} ({module!r}): {what}")
 
 
-def _accepts(cls: type, argument: str) -> bool:
-    return argument in inspect.signature(cls).parameters
-
-
 # -- builders: xpcnn -> torch (architecture only) -------------------------------------------------------------
 
 def _conv_module(layer: Any, nn: Any, convert: Convert, path: str) -> Any:
     return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                     layer.dilation, groups=getattr(layer, "groups", 1), bias=layer.bias)
+                     layer.dilation, groups=layer.groups, bias=layer.bias)
 
 
 def _conv_layer(m: Any, dtype: str, convert: Convert, path: str) -> Any:
@@ -135,13 +129,8 @@ def _conv_layer(m: Any, dtype: str, convert: Convert, path: str) -> Any:
                 raise _unsupported(m, path, "padding='same' with an even effective kernel pads asymmetrically, "
                                             "which xpcnn's Conv2D cannot")
             padding = (total[0] // 2, total[1] // 2)
-    extra: dict[str, Any] = {}
-    if m.groups != 1:
-        if not _accepts(XL.Conv2D, "groups"):
-            raise _unsupported(m, path, f"groups={m.groups}: this xpcnn's Conv2D has no grouped convolution")
-        extra["groups"] = m.groups
     return XL.Conv2D(m.in_channels, m.out_channels, _pair(m.kernel_size), _pair(m.stride), _pair(padding),
-                     _pair(m.dilation), bias=m.bias is not None, dtype=dtype, rng=0, **extra)
+                     _pair(m.dilation), groups=m.groups, bias=m.bias is not None, dtype=dtype, rng=0)
 
 
 def _linear_module(layer: Any, nn: Any, convert: Convert, path: str) -> Any:
@@ -240,9 +229,6 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-_LAYERS: Any = XL  # layer types that only newer xpcnn versions have are looked up here (see hasattr below)
-
-
 def _residual_module(layer: Any, nn: Any, convert: Convert, path: str) -> Any:
     from .pytorch import Residual
 
@@ -252,7 +238,7 @@ def _residual_module(layer: Any, nn: Any, convert: Convert, path: str) -> Any:
 
 def _residual_layer(m: Any, dtype: str, convert: Convert, path: str) -> Any:
     shortcut = None if m.shortcut is None else convert(m.shortcut, _join(path, "shortcut"))
-    return _LAYERS.Residual(convert(m.body, _join(path, "body")), shortcut)
+    return XL.Residual(convert(m.body, _join(path, "body")), shortcut)
 
 
 def _gap_module(layer: Any, nn: Any, convert: Convert, path: str) -> Any:
@@ -265,16 +251,16 @@ def _gap_layer(m: Any, dtype: str, convert: Convert, path: str) -> Any:
     if module_key(m) == "torch.nn.AdaptiveAvgPool2d" and _pair(m.output_size) != (1, 1):
         raise _unsupported(m, path, f"AdaptiveAvgPool2d(output_size={m.output_size}): only output_size=1 (the "
                                     "global average) is supported")
-    return _LAYERS.GlobalAvgPool2D()
+    return XL.GlobalAvgPool2D()
 
 
-# composite and global-pooling layers, where this xpcnn has them: one entry each
-if hasattr(XL, "Residual"):
-    TWINS.append(Twin("Residual", ("xpcnn.interop.pytorch.Residual",), _residual_module, _residual_layer,
-                      children=lambda layer: list(layer.children())))
-if hasattr(XL, "GlobalAvgPool2D"):
-    TWINS.append(Twin("GlobalAvgPool2D", ("xpcnn.interop.pytorch.GlobalAvgPool2d", "torch.nn.AdaptiveAvgPool2d"),
-                      _gap_module, _gap_layer))
+# the composite and global-pooling layers: one entry each
+TWINS += [
+    Twin("Residual", ("xpcnn.interop.pytorch.Residual",), _residual_module, _residual_layer,
+         children=lambda layer: list(layer.children())),
+    Twin("GlobalAvgPool2D", ("xpcnn.interop.pytorch.GlobalAvgPool2d", "torch.nn.AdaptiveAvgPool2d"), _gap_module,
+         _gap_layer),
+]
 
 _BY_LAYER = {t.layer: t for t in TWINS}
 _BY_MODULE = {m: t for t in TWINS for m in t.modules}
