@@ -3,8 +3,9 @@
     python benchmarks/interop.py              # LeNet-5 and the BN net, 1 thread everywhere
     python benchmarks/interop.py --quick      # few repeats
 
-For each model (``lenet5``, ``bn``; the BN net's running statistics set away from their initial
-values, as after training), on the first 512 real MNIST test images:
+For each model (``lenet5``, ``bn``, and for the conversion also ``resnet8``; batch-norm running
+statistics set away from their initial values, as after training), on the first 512 real MNIST test
+images:
 
 * **conversion**: ``max |a - b|`` and ``max |a - b| / max |b|`` between the logits of xpcnn's
   ``predict`` and of ``to_torch(model)`` (float32 and float64), of ``from_torch(to_torch(model))``,
@@ -38,17 +39,23 @@ from xpcnn import checkpoint, models
 from xpcnn.interop import export_onnx, from_torch, load_safetensors, save_safetensors, to_torch
 
 MODELS = ("lenet5", "bn")
+CONVERSION_MODELS = ("lenet5", "bn", "resnet8")  # resnet8: Residual, GlobalAvgPool2D, nested Sequential
 BATCHES = (1, 64, 512)
 
 
 def build(name: str, dtype: str = "float32") -> xpcnn.Sequential:
     """The model with seeded weights and, for batch norm, running statistics away from 0 and 1."""
     model = models.build(name, rng=0, dtype=dtype)
-    for layer in model.layers:
-        if "running_mean" in layer.buffers:
-            n = layer.num_features
-            layer.buffers["running_mean"] = B.asarray(np.linspace(-0.3, 0.3, n), dtype=dtype)
-            layer.buffers["running_var"] = B.asarray(np.linspace(0.6, 1.8, n), dtype=dtype)
+    state = {}
+    for key, value in model.state_dict().items():  # nested layers included (resnet8's blocks)
+        n = value.shape[0]
+        if key.endswith("running_mean"):
+            state[key] = np.linspace(-0.3, 0.3, n, dtype=dtype)
+        elif key.endswith("running_var"):
+            state[key] = np.linspace(0.6, 1.8, n, dtype=dtype)
+        else:
+            state[key] = B.to_numpy(value)
+    model.load_state_dict(state)
     return model
 
 
@@ -158,10 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     records: dict[str, list[dict[str, Any]]] = {"conversion": [], "speed": [], "files": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name in MODELS:
+        for name in CONVERSION_MODELS:
             records["conversion"].append(conversion(name, x, work))
-            records["speed"] += speed(name, x, work, args.repeats, args.warmup)
-            records["files"].append(files(name, work, args.repeats, args.warmup))
+            if name in MODELS:
+                records["speed"] += speed(name, x, work, args.repeats, args.warmup)
+                records["files"].append(files(name, work, args.repeats, args.warmup))
             print(f"  done: {name}", flush=True)
     print()
     tables.print_table([{"model": r["model"], **{k: f"{r[k]['max_abs']:.1e} / {r[k]['max_rel']:.1e}" for k in (
