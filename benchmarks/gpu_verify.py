@@ -11,6 +11,9 @@ calls       host microseconds per CuPy call (elementwise, reduction, matmul, an 
 parity      NumPy vs CuPy per op, forward and backward (relative to the largest reference magnitude:
             float64 <= 1e-12, float32 <= 1e-5 with TF32 off); TF32 reaching the conv GEMM (on: ~1e-3);
             20 LeNet-5 steps (float32 weights within 1e-5); 2 epochs compared by accuracy (0.2 points)
+kernels     the CUDA kernel set against the reference ops (:func:`xpcnn.kernels.cuda.verify.run`:
+            exact or 1e-5, determinism, microseconds per call); the set itself is opt-in
+            (``XPCNN_CUDA_KERNELS=1``), so rerun ``--stages speed,profile`` with it for its speed
 speed       training step and epoch time, xpcnn (CuPy, data on the device) vs PyTorch CUDA eager,
             batch 128 and 1024, medians of interleaved repeats
 profile     CUDA kernel launches and device-to-host copies per training step (torch.profiler/CUPTI
@@ -60,11 +63,11 @@ for path in (str(ROOT), str(HERE)):
         sys.path.insert(0, path)
 
 from xpcnn import backend as B  # noqa: E402
+from xpcnn import kernels, models, optim, train  # noqa: E402
 from xpcnn import layers as XL  # noqa: E402
-from xpcnn import models, optim, train  # noqa: E402
 from xpcnn.losses import SoftmaxCrossEntropy  # noqa: E402
 
-STAGES = ("env", "roofline", "calls", "parity", "speed", "profile", "pytest")
+STAGES = ("env", "roofline", "calls", "parity", "kernels", "speed", "profile", "pytest")
 DEFAULT_OUT = HERE / "results" / "gpu_verify.json"
 #: Tolerances, relative to the largest reference magnitude.
 TOL = {"float64": 1e-12, "float32": 1e-5}
@@ -278,7 +281,8 @@ def _op_parity(ctx: Ctx) -> dict[str, Any]:
             with B.using(ctx.host):
                 y_shape = tuple(make().forward(B.asarray(x, dtype)).shape)
             dout = rng.standard_normal(y_shape)
-            ref = _run_layer(make, ctx.host, x, dout, dtype)
+            with kernels.using_kernels("reference"):  # the oracle: NumPy's reference kernels
+                ref = _run_layer(make, ctx.host, x, dout, dtype)
             got = _run_layer(make, ctx.device, x, dout, dtype)
             errs = {k: _rel(got[k], v) for k, v in ref.items()}
             results[f"{name}/{dtype}"] = errs
@@ -361,11 +365,13 @@ def _lenet_steps(be: B.Backend, x: np.ndarray, y: np.ndarray, steps: int, batch:
 def stage_parity(ctx: Ctx) -> dict[str, Any]:
     if not ctx.dry:
         B.set_cupy_tf32(False)
-    out: dict[str, Any] = {"tolerances": TOL, "ops": _op_parity(ctx)}
+    # CuPy reads CUPY_TF32 itself for 2-D GEMMs: with it set, float32 parity cannot reach 1e-5
+    out: dict[str, Any] = {"tolerances": TOL, "cupy_tf32_env": os.environ.get("CUPY_TF32"), "ops": _op_parity(ctx)}
     out["tf32"] = _tf32_reaches_conv(ctx)
     x, y, xt, yt = _mnist(ctx, 128 if ctx.dry else 10000, 128 if ctx.dry else 10000)
     steps = 20 if not ctx.dry else 3
-    ref = _lenet_steps(ctx.host, x, y, steps, 16 if ctx.dry else 64)
+    with kernels.using_kernels("reference"):  # the oracle: NumPy's reference kernels, not a CPU fast set
+        ref = _lenet_steps(ctx.host, x, y, steps, 16 if ctx.dry else 64)
     got = _lenet_steps(ctx.device, x, y, steps, 16 if ctx.dry else 64)
     worst = max(_rel(got[k], v) for k, v in ref.items())
     out["lenet5_steps"] = {"steps": steps, "worst_weight_err": worst, "ok": worst <= TOL["float32"]}
@@ -384,6 +390,21 @@ def stage_parity(ctx: Ctx) -> dict[str, Any]:
     out["two_epochs"] = {"train_samples": int(x.shape[0]), **acc, "gap_points": gap, "ok": gap <= 0.2}
     out["ok"] = bool(out["ops"]["ok"] and out["tf32"]["ok"] and out["lenet5_steps"]["ok"] and out["two_epochs"]["ok"])
     return out
+
+
+# ------------------------------------------------------------------------------------- kernels
+
+def stage_kernels(ctx: Ctx) -> dict[str, Any]:
+    if ctx.dry:
+        raise Skip("dry run: the CUDA set's stage runs dry on its CPU stand-in in tests/test_cuda_verify.py")
+    import cupy
+
+    from xpcnn.kernels.cuda import verify
+
+    B.set_cupy_tf32(False)
+    result = verify.run(cupy)
+    result["xpcnn_cuda_kernels_env"] = os.environ.get("XPCNN_CUDA_KERNELS")
+    return result
 
 
 # --------------------------------------------------------------------------------------- speed
@@ -559,6 +580,7 @@ def stage_pytest(ctx: Ctx) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "env": stage_env, "roofline": stage_roofline, "calls": stage_calls, "parity": stage_parity,
+    "kernels": stage_kernels,
     "speed": stage_speed, "profile": stage_profile, "pytest": stage_pytest,
 }
 

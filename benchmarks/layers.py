@@ -12,7 +12,9 @@ Ops (batch N = --batch-size): conv2d of LeNet-5 (conv1 1->6 5x5 pad 2 on 28x28, 
 
 xpcnn's side calls the ops as the layers do, through ``xpcnn.kernels`` (``op.forward`` ->
 ``(y, cache)``, ``op.backward(dout, cache)``): the reference in ``xpcnn.functional``, or
-a fast kernel set where one is registered and eligible (``XPCNN_KERNELS`` chooses).
+a fast kernel set where one is registered and eligible (``XPCNN_KERNELS`` chooses; the "kernels"
+column names the set that ran).  Where a fast set ran, the reference kernels are timed too, in the
+same interleaved rounds ("reference ms", "reference/torch"; ``--no-reference`` skips them).
 
 "fwd" is the training-mode forward (xpcnn keeps its backward cache, torch records
 the autograd graph).  "fwd+bwd" adds the backward pass for an upstream gradient
@@ -26,6 +28,7 @@ the same thing).
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -192,31 +195,69 @@ def max_rel_err(xs: tuple, ts: tuple) -> float:
 def run_case(env: Env, case: OpCase, rng: np.random.Generator) -> list[dict[str, Any]]:
     fns = case.build(env, rng)
     err = max_rel_err(fns.x_fwdbwd(), fns.t_fwdbwd())
-    peaks = {"xpcnn": env.x_peak(fns.x_fwdbwd), "torch": env.t_peak(fns.t_fwdbwd)}
+    peaks = {"xpcnn": env.x_peak(fns.x_fwdbwd), "torch": env.t_peak(fns.t_fwdbwd),
+             "reference": env.x_peak(reference(fns.x_fwdbwd))}
+    impl = implementation(fns.x_fwd)
     records = []
     for pass_name, xf, tf in (("fwd", fns.x_fwd, fns.t_fwd), ("fwd+bwd", fns.x_fwdbwd, fns.t_fwdbwd)):
-        stats = env.compare([env.xcand("xpcnn", xf), env.tcand("torch", tf)])
-        rec = {"op": case.name, "shape": case.shape, "pass": pass_name,
+        cands = [env.xcand("xpcnn", xf), env.tcand("torch", tf)]
+        if env.args.reference and impl != "reference":
+            cands.append(env.xcand("reference", reference(xf)))
+        stats = env.compare(cands)
+        rec = {"op": case.name, "shape": case.shape, "pass": pass_name, "kernels": impl,
                "xpcnn": stats["xpcnn"].as_dict(), "torch": stats["torch"].as_dict(),
                **ratio(stats["xpcnn"], stats["torch"])}
+        if "reference" in stats:
+            rec["reference"] = stats["reference"].as_dict()
+            rec["reference_ratio"] = ratio(stats["reference"], stats["torch"])["median_ratio"]
         if pass_name == "fwd+bwd":
             rec.update(peak_bytes=peaks, max_rel_err=err)
         records.append(rec)
     return records
 
 
+def reference(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` with the reference kernels forced (the same op calls, ``XPCNN_KERNELS=reference``)."""
+    def run() -> Any:
+        with kernels.using_kernels("reference"):
+            return fn()
+    return run
+
+
+def implementation(fn: Callable[[], Any]) -> str:
+    """The kernel set that served ``fn``'s op call (``reference`` or a fast set's name)."""
+    chosen = []
+    originals = {}
+    for op in (kernels.conv2d, kernels.max_pool2d, kernels.avg_pool2d, kernels.dense, kernels.batch_norm):
+        originals[op.name] = op.forward
+
+        def spy(*args: Any, _op: Any = op, **kw: Any) -> Any:
+            chosen.append(_op.implementation(*args, **kw))
+            return originals[_op.name](*args, **kw)
+        op.forward = spy  # type: ignore[method-assign]
+    try:
+        fn()
+    finally:
+        for op in (kernels.conv2d, kernels.max_pool2d, kernels.avg_pool2d, kernels.dense, kernels.batch_norm):
+            del op.forward
+    return chosen[0] if chosen else "reference"
+
+
 def table_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
     rows = []
     for r in records:
         row = {"op": r["op"] if r["pass"] == "fwd" else "", "pass": r["pass"], **tables.timing_cells(r)}
+        row.update(set=r.get("kernels", ""), r=tables.fmt_ms(r["reference"]["median"]) if "reference" in r else "-",
+                   rratio=tables.fmt_ratio(r["reference_ratio"]) if "reference" in r else "-")
         if "peak_bytes" in r:
             row.update(xmem=tables.fmt_mib(r["peak_bytes"]["xpcnn"]), tmem=tables.fmt_mib(r["peak_bytes"]["torch"]),
-                       err=f"{r['max_rel_err']:.1e}")
+                       rmem=tables.fmt_mib(r["peak_bytes"].get("reference")), err=f"{r['max_rel_err']:.1e}")
         rows.append(row)
     return rows
 
 
-COLUMNS = [("op", "op"), ("pass", "pass"), *tables.TIMING_COLUMNS, ("xmem", "xpcnn MiB"), ("tmem", "torch MiB"),
+COLUMNS = [("op", "op"), ("pass", "pass"), ("set", "kernels"), *tables.TIMING_COLUMNS, ("r", "reference ms"),
+           ("rratio", "reference/torch"), ("xmem", "xpcnn MiB"), ("rmem", "reference MiB"), ("tmem", "torch MiB"),
            ("err", "err")]
 
 
@@ -224,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__doc__, repeats=20, warmup=3)
     parser.add_argument("--ops", default="conv,pool,dense,norm",
                         help="comma-separated families to run: conv, pool, dense, norm")
+    parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the reference kernels (XPCNN_KERNELS=reference) where a fast set served "
+                             "the op (default: on)")
     env = setup(parser.parse_args(argv))
     families = {f.strip() for f in env.args.ops.split(",") if f.strip()}
     unknown = families - {c.family for c in CASES}

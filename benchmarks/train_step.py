@@ -4,6 +4,14 @@
     python benchmarks/train_step.py --quick               # steps only, few repeats
     python benchmarks/train_step.py --epoch-wide          # also a full epoch of the wide net
     python benchmarks/train_step.py --device cuda --on-device
+    python benchmarks/train_step.py --models lenet5,wide,bn --threads 1 --out ...   # the fast-path figures
+
+xpcnn runs in kernel mode ``auto`` (the fast kernel set where one is eligible: ``numba_cpu`` for
+NumPy, with Conv->ReLU->MaxPool fused); the same model with the reference kernels
+(``XPCNN_KERNELS=reference``) is timed in the same interleaved rounds (``--no-reference`` skips it).
+Peak memory: the growth during one more training step after the timed ones (tracemalloc for NumPy,
+the profiler's memory events for torch); xpcnn's persistent per-thread scratch buffers (a few MiB)
+exist already and are not counted.
 
 The torch model is the xpcnn model's twin (``xpcnn.interop.to_torch``: the *same
 initial weights*, conv weights as they are, dense ``W (in, out)`` transposed into
@@ -41,7 +49,7 @@ from benchlib.timing import Stats, gc_disabled, ratio
 from benchlib.twins import torch_twin
 
 from xpcnn import backend as B
-from xpcnn import models, optim
+from xpcnn import kernels, models, optim
 from xpcnn.datasets import BatchIterator
 from xpcnn.losses import SoftmaxCrossEntropy
 
@@ -53,16 +61,21 @@ ADAM = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8}
 
 
 class XpcnnTrainer:
-    def __init__(self, name: str, seed: int) -> None:
+    """One xpcnn model + Adam; ``kernels`` is the kernel mode its steps run in (``auto``: the fast set)."""
+
+    def __init__(self, name: str, seed: int, kernels_mode: str = "auto") -> None:
         self.model = MODELS[name](rng=seed)
+        self.model.set_rng(seed)
         self.opt = optim.Adam(self.model.parameters(), **ADAM)
         self.loss_fn = SoftmaxCrossEntropy()
+        self.mode = kernels_mode
 
     def step(self, xb: Any, yb: Any) -> tuple[Any, Any]:
-        out = self.model.forward(xb, train=True)
-        loss = self.loss_fn.forward(out, yb)
-        self.model.backward(self.loss_fn.backward())
-        self.opt.step()
+        with kernels.using_kernels(self.mode):
+            out = self.model.forward(xb, train=True)
+            loss = self.loss_fn.forward(out, yb)
+            self.model.backward(self.loss_fn.backward())
+            self.opt.step()
         return loss, out
 
 
@@ -131,7 +144,7 @@ def bench_steps(env: Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str, 
     # the twins start equal: compare the logits of the first batch before any update
     xb, _ = feed.xpcnn(0)
     tb, _ = feed.torch(0)
-    tt.net.eval()  # inference on both sides (batch-norm running statistics, no dropout)
+    tt.net.eval()  # eval mode on both sides (batch norm: running statistics; dropout: off)
     with torch.no_grad():
         init_err = scaled_diff(np.asarray(B.to_numpy(xt.model.forward(xb)), np.float64),
                             tt.net(tb).cpu().numpy().astype(np.float64))
@@ -139,21 +152,37 @@ def bench_steps(env: Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str, 
 
     x_losses: list[Any] = []
     t_losses: list[Any] = []
+    r_losses: list[Any] = []
 
     def stepper(trainer: Any, get: Callable[[int], tuple], losses: list[Any]) -> Callable[[], None]:
         def step() -> None:
             losses.append(trainer.step(*get(len(losses)))[0])
         return step
 
-    stats = env.compare([env.xcand("xpcnn", stepper(xt, feed.xpcnn, x_losses)),
-                         env.tcand("torch", stepper(tt, feed.torch, t_losses))], calibrate=False)
+    cands = [env.xcand("xpcnn", stepper(xt, feed.xpcnn, x_losses)),
+             env.tcand("torch", stepper(tt, feed.torch, t_losses))]
+    rt = XpcnnTrainer(name, args.seed, "reference") if args.reference else None
+    if rt is not None:
+        cands.append(env.xcand("reference", stepper(rt, feed.xpcnn, r_losses)))
+    stats = env.compare(cands, calibrate=False)
+    # peak memory of one more step each (after the warm-up: caches, pools and scratch buffers exist)
+    peaks = {"xpcnn": env.x_peak(lambda: xt.step(*feed.xpcnn(0))), "torch": env.t_peak(lambda: tt.step(*feed.torch(0)))}
+    if rt is not None:
+        peaks["reference"] = env.x_peak(lambda: rt.step(*feed.xpcnn(0)))
     xl = np.array([float(B.to_numpy(v)) for v in x_losses])
     tl = np.array([float(v.item()) for v in t_losses])
     timed = slice(args.warmup, None)
+    extra: dict[str, Any] = {}
+    if rt is not None:
+        rl = np.array([float(B.to_numpy(v)) for v in r_losses])
+        extra = {"reference": stats["reference"].as_dict(),
+                 "reference_ratio": ratio(stats["reference"], stats["torch"])["median_ratio"],
+                 "fast_vs_reference_loss_max_rel_diff_first5": rel_diff(xl[:5], rl[:5])}
     return {
         "model": name, "params": xt.model.num_params(), "on_device": args.on_device,
+        "kernels": kernels.active_sets(), "threads": args.threads,
         "xpcnn": stats["xpcnn"].as_dict(), "torch": stats["torch"].as_dict(),
-        **ratio(stats["xpcnn"], stats["torch"]),
+        **ratio(stats["xpcnn"], stats["torch"]), **extra, "peak_bytes": peaks,
         "init_logits_max_rel_err": init_err,
         "loss": {"xpcnn": xl.tolist(), "torch": tl.tolist(), "first_timed_step": args.warmup,
                  "max_rel_diff_timed": rel_diff(xl[timed], tl[timed]),
@@ -227,7 +256,9 @@ def bench_epoch(env: Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str, 
 # ---------------------------------------------------------------------------- output
 
 
-STEP_COLUMNS = [("model", "model"), *tables.TIMING_COLUMNS, ("xl", "xpcnn loss first->last"),
+STEP_COLUMNS = [("model", "model"), *tables.TIMING_COLUMNS, ("r", "reference ms"), ("rratio", "reference/torch"),
+                ("xmem", "xpcnn MiB"), ("rmem", "reference MiB"), ("tmem", "torch MiB"),
+                ("xl", "xpcnn loss first->last"),
                 ("tl", "torch loss first->last"), ("d5", "loss rel diff (steps 0-4)"),
                 ("dall", "loss rel diff (timed)"), ("init", "init logits diff")]
 EPOCH_COLUMNS = [("model", "model"), ("x", "xpcnn s"), ("t", "torch s"), ("ratio", "xpcnn/torch"),
@@ -240,7 +271,12 @@ def step_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
     for r in records:
         loss = r["loss"]
         first = loss["first_timed_step"]
+        peaks = r.get("peak_bytes", {})
         rows.append({"model": r["model"], **tables.timing_cells(r),
+                     "r": tables.fmt_ms(r["reference"]["median"]) if "reference" in r else "-",
+                     "rratio": tables.fmt_ratio(r["reference_ratio"]) if "reference" in r else "-",
+                     "xmem": tables.fmt_mib(peaks.get("xpcnn")), "rmem": tables.fmt_mib(peaks.get("reference")),
+                     "tmem": tables.fmt_mib(peaks.get("torch")),
                      "xl": f"{loss['xpcnn'][first]:.4f} -> {loss['xpcnn'][-1]:.4f}",
                      "tl": f"{loss['torch'][first]:.4f} -> {loss['torch'][-1]:.4f}",
                      "d5": f"{loss['max_rel_diff_first5']:.1e}", "dall": f"{loss['max_rel_diff_timed']:.1e}",
@@ -262,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch", action=argparse.BooleanOptionalAction, default=None,
                         help="time one full MNIST epoch of LeNet-5 (default: on, off with --quick)")
     parser.add_argument("--epoch-wide", action="store_true", help="also time one full epoch of the wide net")
+    parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time xpcnn with the reference kernels (XPCNN_KERNELS=reference) in the same "
+                             "interleaved rounds (default: on)")
     parser.add_argument("--on-device", action="store_true",
                         help="keep the batches on the device before timing (else each step moves its batch)")
     env = setup(parser.parse_args(argv))

@@ -224,7 +224,7 @@ def test_npz_dataset_trains(tmp_path):
     (lambda p: None, ["--dataset npz needs --data PATH"]),
     (lambda p: _write(p / "g.npz", b"garbage"), ["g.npz: not a readable .npz file"]),
     (lambda p: _npz(p / "s.npz", x_train=np.arange(64 * 3 * 32 * 32).reshape(64, 3, 32, 32).astype(np.uint8),
-                    x_test=np.ones((16, 3, 32, 32), np.uint8)), ["cannot take samples of shape (3, 32, 32)"]),
+                    x_test=np.ones((16, 3, 32, 32), np.uint8)), ["the images have 3 channels, but lenet5 takes 1"]),
     (lambda p: _npz(p / "k.npz", y_train=np.full(64, 2.5)), ["y_train"]),
 ])
 def test_bad_npz(tmp_path, setup, needles):

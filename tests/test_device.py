@@ -12,7 +12,7 @@ import pytest
 from device_lanes import LANE_NAMES, activate, lane_backend, on_lane, strict
 
 from xpcnn import backend as B
-from xpcnn import models, optim
+from xpcnn import kernels, models, optim
 from xpcnn.layers import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU
 from xpcnn.losses import SoftmaxCrossEntropy
 from xpcnn.model import Sequential
@@ -145,7 +145,8 @@ def test_training_steps_in_scope_match_numpy(lane, rng):
             losses = _steps(model, opt, B.asarray(x), B.asarray(y, "int64"), 3)
             return losses, {k: B.to_numpy(v) for k, v in model.state_dict().items()}
 
-    ref_losses, ref_state = run(B.resolve("numpy"))
+    with kernels.using_kernels("reference"):  # the same algorithm as the lane's: NumPy's reference kernels
+        ref_losses, ref_state = run(B.resolve("numpy"))
     losses, state = run(lane)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-12)
     for key, value in ref_state.items():
@@ -201,3 +202,17 @@ def test_predict_moves_input_and_enters_the_device(lane, rng):
     with B.using("numpy"):
         ref = small_net(dtype="float64")
         np.testing.assert_allclose(B.to_numpy(out), ref.predict(host, batch_size=2), rtol=1e-12)
+
+
+def test_env_var_selects_the_strict_device(monkeypatch):
+    token = B._explicit.set(None)
+    monkeypatch.setenv(B.ENV_VAR, "array_api_strict:device1")
+    B._env_spec.cache_clear()
+    try:
+        be = B.get_backend()
+        assert be.spec == "array_api_strict:device1" and be.device == strict.Device("device1")
+        assert B.asarray(np.zeros(2)).device == be.device
+    finally:
+        B._explicit.reset(token)
+        monkeypatch.delenv(B.ENV_VAR)
+        B._env_spec.cache_clear()

@@ -35,7 +35,7 @@ def test_dry_run_runs_every_stage_and_reruns_only_what_is_asked(tmp_path, capsys
     assert list(stages) == list(gv.STAGES)
     has_torch = importlib.util.find_spec("torch") is not None
     for name, record in stages.items():
-        if name == "pytest" or (name in ("speed", "profile") and not has_torch):
+        if name in ("kernels", "pytest") or (name in ("speed", "profile") and not has_torch):
             assert record["status"] == "skipped", (name, record)
         else:
             assert record["status"] == "ok", (name, record)

@@ -194,7 +194,10 @@ def test_pool_layers_match_functional(backend, case, dtype, rng):
         assert layer.params == {} and layer.grads == {}
         y = layer.forward(x, train=True)
         want_y, cache = fwd(x)
-        check_array(backend, y, B.to_numpy(want_y), dtype, f"{type(layer).__name__} y", tol=0.0)
+        # bitwise the functional reference when the layer ran it; a fast kernel set to the dtype's tolerance
+        exact = layer._op.implementation(x, Fp.pool_geometry(x.shape, k, s, p)) == "reference"
+        tol = 0.0 if exact else None
+        check_array(backend, y, B.to_numpy(want_y), dtype, f"{type(layer).__name__} y", tol=tol)
         assert layer.output_shape(case["x"]) == tuple(y.shape)
         dout_host = rng.standard_normal(tuple(y.shape)).astype(dtype)
         dout = B.asarray(dout_host)
@@ -205,7 +208,7 @@ def test_pool_layers_match_functional(backend, case, dtype, rng):
         else:
             want_dx = Fp.max_pool2d_backward(dout, cache)
             ref_dx = R.max_pool2d_backward(x_host, dout_host, k, s, p)
-        check_array(backend, dx, B.to_numpy(want_dx), dtype, f"{type(layer).__name__} dx", tol=0.0)
+        check_array(backend, dx, B.to_numpy(want_dx), dtype, f"{type(layer).__name__} dx", tol=tol)
         R.assert_close(B.to_numpy(dx), ref_dx, dtype, what=f"{type(layer).__name__} dx vs loop")
         np.testing.assert_array_equal(B.to_numpy(dout), dout_host)  # backward never modifies dout
 

@@ -54,6 +54,8 @@ __all__ = [
     "seed",
     "seed_stream",
     "set_backend",
+    "set_cupy_tf32",
+    "tf32_requested",
     "to_numpy",
     "using",
     "zeros_like",

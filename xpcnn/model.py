@@ -8,6 +8,8 @@ from typing import Any
 import array_api_compat
 
 from . import backend as B
+from . import flat
+from .kernels import fusion
 from .layers.base import Layer, build_layer, register
 from .layers.composite import Composite, summary_rows
 
@@ -59,8 +61,9 @@ class Sequential(Composite):
     # -- computation ----------------------------------------------------------------------------
     def forward(self, x: Any, train: bool = False) -> Any:
         """x: the first layer's input (e.g. (N, C, H, W)) -> the last layer's output (e.g. logits (N, K))."""
-        for layer in self.layers:
-            x = layer.forward(x, train=train)
+        flat.sync(self)  # a flat parameter store (if attached) gets back any array that was replaced
+        for unit in fusion.forward_units(self):  # the layers, with Conv->ReLU->MaxPool fused where possible
+            x = unit.forward(x, train=train)
         return x
 
     __call__ = forward
@@ -71,8 +74,9 @@ class Sequential(Composite):
         Returns ``dL/dx`` for the input, or None when the first layer skips it (Conv2D/Dense do
         when this is the outermost model).
         """
-        for layer in reversed(self.layers):
-            dout = layer.backward(dout)
+        for unit in reversed(fusion.backward_units(self)):
+            dout = unit.backward(dout)
+        flat.collect_grads(self)
         return dout
 
     def predict(self, x: Any, batch_size: int = 512) -> Any:
@@ -93,6 +97,11 @@ class Sequential(Composite):
     # -- parameters and state -------------------------------------------------------------------
     # parameters(), state_dict(), load_state_dict() and num_params() come from Layer / Composite:
     # one walk over the leaf layers (Layer.named_leaves) names everything.
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """:meth:`Layer.load_state_dict`, then a flat parameter store (if attached) takes the loaded values."""
+        super().load_state_dict(state)
+        flat.sync(self)
 
     # -- random number generators --------------------------------------------------------------
     def set_rng(self, rng: Any) -> None:
@@ -130,6 +139,7 @@ class Sequential(Composite):
         Build the optimizer after moving: its state lives where the parameters were when it was made.
         """
         super().to(spec)
+        flat.sync(self)
         return self
 
     # -- architecture ---------------------------------------------------------------------------

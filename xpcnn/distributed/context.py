@@ -25,6 +25,7 @@ import array_api_compat
 import numpy as np
 
 from .. import backend as B
+from ..layers.composite import Composite
 from ..layers.dropout import Dropout
 from ..layers.norm import _BatchNorm
 from .buckets import DEFAULT_BUCKET_BYTES, allreduce_gradients
@@ -176,6 +177,8 @@ class DataParallel:
         for ref in model.parameters():
             ref.assign(self.comm_for(ref.value).broadcast(ref.value, 0))
         for layer in _walk(model):
+            if isinstance(layer, Composite):  # its buffers are read-only views of its children's
+                continue
             for key, value in getattr(layer, "buffers", {}).items():
                 layer.buffers[key] = self.comm_for(value).broadcast(value, 0)
 

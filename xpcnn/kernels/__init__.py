@@ -29,6 +29,9 @@ from .ops import (
 )
 from .registry import ENV_VAR, MODES, KernelError, KernelSet, Op, active_sets, kernel_mode, register_set, using_kernels
 
+#: Numba kernels for NumPy arrays (imported on first use; without Numba the reference runs, announced once)
+register_set("numba_cpu", "numpy", "xpcnn.kernels.numba_cpu")
+
 __all__ = ["ENV_VAR", "MODES", "KernelError", "KernelSet", "Op", "active_sets", "avg_pool2d", "batch_norm", "conv2d",
            "dense", "dropout", "global_avg_pool2d", "kernel_mode", "leaky_relu", "max_pool2d", "optimizer_update",
            "register_set", "relu", "sigmoid", "softmax_cross_entropy", "tanh", "using_kernels"]

@@ -1,0 +1,385 @@
+"""Convolution as a blocked implicit GEMM: Numba builds each block's columns, BLAS multiplies, Numba scatters.
+
+Conventions as :mod:`xpcnn.functional.conv` (``x: (N, C, H, W)``, ``W: (F, C, KH, KW)``, PyTorch's output
+size), but the work is split into blocks of ``nb`` samples (about 8, chosen so a block's column
+matrix stays in L2), and the column rows are channel-major so ``W`` needs no permutation:
+
+    col_b: (K, nb*L)   K = C*KH*KW (row = (c*KH + i)*KW + j),  L = OH*OW (column = s*L + oh*OW + ow)
+    Wm = W.reshape(F, K)
+
+Per block (one BLAS GEMM per product):
+
+    forward   out = Wm @ col_b           -> epilogue (Numba): y[n0+s, f, l] = out[f, s*L + l] + b[f] (ReLU optional)
+    backward  dmat = dout block as (F, nb*L) (Numba gather, also the block's bias-gradient partial)
+              dW_b^T = col_b @ dmat^T    (col_b recomputed, not stored)
+              dcol = Wm^T @ dmat         -> col2im (Numba) straight into dx[n0 : n0+nb]
+
+Blocks run on the worker threads of :mod:`.threads`; ``dW`` and ``db`` are the per-block partials added
+in block order, so the result does not depend on the thread count.  The forward cache holds ``x`` and
+``W`` (no column matrix).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import threads
+from ._jit import jit, jit_sum
+
+__all__ = ["ConvCache", "ConvPlan", "backward_blocks", "conv2d_backward", "conv2d_forward", "conv_eligible",
+           "forward_blocks", "make_plan", "plan_block"]
+
+#: bytes of column matrix per block the block size aims at (an L2-sized working set)
+BLOCK_BYTES = 768 * 1024
+MAX_BLOCK = 16
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# ----------------------------------------------------------------------------------- Numba kernels
+
+# Kernels index flat arrays with unsigned (uint64) offsets: Numba skips its negative-index wraparound
+# for unsigned indices, which lets LLVM vectorise the row copies (6x faster than 4-D signed indexing).
+# Offsets are computed as int64 and converted once per row.
+
+@jit
+def _row_range(OW, off, sw, W):  # pragma: no cover - compiled
+    """The output columns ``[lo, hi)`` whose input column ``ow*sw + off`` lies in ``[0, W)``."""
+    lo = 0
+    if off < 0:
+        lo = min(OW, (-off + sw - 1) // sw)
+    if W - 1 - off < 0:
+        hi = 0
+    else:
+        hi = min(OW, (W - 1 - off) // sw + 1)
+    return lo, max(lo, hi)
+
+
+@jit
+def _im2col_block(xf, C, H, W, n0, nb, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, colf):  # pragma: no cover
+    """x (flat (N, C, H, W)) -> col (flat (C*KH*KW, nb*OH*OW)) for samples n0 .. n0+nb-1 (zeros in padding)."""
+    L = OH * OW
+    ncol = nb * L
+    usw = np.uint64(sw)
+    zero = colf.dtype.type(0)
+    for c in range(C):
+        for i in range(KH):
+            for j in range(KW):
+                r = (c * KH + i) * KW + j
+                off = j * dw - pw
+                lo, hi = _row_range(OW, off, sw, W)
+                for s in range(nb):
+                    for oh in range(OH):
+                        dst = np.uint64(r * ncol + s * L + oh * OW)
+                        ih = oh * sh - ph + i * dh
+                        if ih < 0 or ih >= H:
+                            for ow in range(np.uint64(OW)):
+                                colf[dst + ow] = zero
+                            continue
+                        for ow in range(np.uint64(lo)):
+                            colf[dst + ow] = zero
+                        src = np.uint64((((n0 + s) * C + c) * H + ih) * W + off + lo * sw)
+                        d2 = dst + np.uint64(lo)
+                        if sw == 1:
+                            for ow in range(np.uint64(hi - lo)):
+                                colf[d2 + ow] = xf[src + ow]
+                        else:
+                            for ow in range(np.uint64(hi - lo)):
+                                colf[d2 + ow] = xf[src + ow * usw]
+                        for ow in range(np.uint64(hi), np.uint64(OW)):
+                            colf[dst + ow] = zero
+
+
+@jit
+def _col2im_block(dcolf, C, H, W, n0, nb, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dxf):  # pragma: no cover
+    """The adjoint of :func:`_im2col_block`: dx[n0 : n0+nb] (flat) = scatter-add of dcol (C*KH*KW, nb*OH*OW)."""
+    L = OH * OW
+    ncol = nb * L
+    usw = np.uint64(sw)
+    zero = dxf.dtype.type(0)
+    first = np.uint64(n0 * C * H * W)
+    for k in range(np.uint64(nb * C * H * W)):
+        dxf[first + k] = zero
+    for s in range(nb):
+        for c in range(C):
+            for i in range(KH):
+                for j in range(KW):
+                    r = (c * KH + i) * KW + j
+                    off = j * dw - pw
+                    lo, hi = _row_range(OW, off, sw, W)
+                    for oh in range(OH):
+                        ih = oh * sh - ph + i * dh
+                        if ih < 0 or ih >= H:
+                            continue
+                        src = np.uint64(r * ncol + s * L + oh * OW + lo)
+                        dst = np.uint64((((n0 + s) * C + c) * H + ih) * W + off + lo * sw)
+                        if sw == 1:
+                            for ow in range(np.uint64(hi - lo)):
+                                dxf[dst + ow] += dcolf[src + ow]
+                        else:
+                            for ow in range(np.uint64(hi - lo)):
+                                dxf[dst + ow * usw] += dcolf[src + ow]
+
+
+@jit
+def _epilogue(outf, b, has_bias, relu, F, L, n0, nb, yf):  # pragma: no cover - compiled
+    """out (flat (F, nb*L)) -> y[n0 + s, f, :] = out[f, s*L : (s+1)*L] (+ b[f]), then max(., 0) if relu."""
+    ncol = nb * L
+    zero = yf.dtype.type(0)
+    for s in range(nb):
+        for f in range(F):
+            bf = b[f] if has_bias else zero
+            src = np.uint64(f * ncol + s * L)
+            dst = np.uint64(((n0 + s) * F + f) * L)
+            if relu:
+                for l in range(np.uint64(L)):
+                    v = outf[src + l] + bf
+                    yf[dst + l] = zero if v <= zero else v  # NaN stays NaN, as np.maximum
+            else:
+                for l in range(np.uint64(L)):
+                    yf[dst + l] = outf[src + l] + bf
+
+
+@jit_sum
+def _gather_dout(doutf, F, L, n0, nb, dmatf, dbias):  # pragma: no cover - compiled
+    """dout (flat (N, F, L)) -> dmat (flat (F, nb*L)) for samples n0 .. n0+nb-1; dbias[f] = their sum (float64)."""
+    ncol = nb * L
+    for f in range(F):
+        acc = 0.0
+        for s in range(nb):
+            src = np.uint64(((n0 + s) * F + f) * L)
+            dst = np.uint64(f * ncol + s * L)
+            for l in range(np.uint64(L)):
+                v = doutf[src + l]
+                dmatf[dst + l] = v
+                acc += v
+        dbias[f] = acc
+
+
+# ----------------------------------------------------------------------------------- block buffers
+
+_local = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A per-thread scratch array of ``shape`` (reused across calls; grows, never shrinks)."""
+    size = 1
+    for d in shape:
+        size *= d
+    key = (name, dtype)
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    buf = bufs.get(key)
+    if buf is None or buf.size < size:
+        buf = bufs[key] = np.empty(max(size, 1), dtype=dtype)
+    return buf[:size].reshape(shape)
+
+
+# ----------------------------------------------------------------------------------- the op
+
+class ConvPlan(NamedTuple):
+    """A convolution's sizes and blocking: ``x: (N, C, H, W)``, ``W: (F, C, KH, KW)`` -> ``(N, F, OH, OW)``."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    F: int
+    KH: int
+    KW: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    OH: int
+    OW: int
+    block: int  # samples per block
+
+    @property
+    def K(self) -> int:
+        return self.C * self.KH * self.KW
+
+    @property
+    def L(self) -> int:
+        return self.OH * self.OW
+
+    def taps(self) -> tuple[int, ...]:
+        """The geometry arguments of the im2col/col2im kernels, after ``(C, H, W, n0, nb)``."""
+        return (self.KH, self.KW, self.sh, self.sw, self.ph, self.pw, self.dh, self.dw, self.OH, self.OW)
+
+
+def plan_block(N: int, K: int, L: int, itemsize: int, F: int = 0) -> int:
+    """Samples per block: as many as keep the block's columns ``(K, nb*L)`` and GEMM output ``(F, nb*L)``
+    near :data:`BLOCK_BYTES` together."""
+    per_sample = max(1, (K + F) * L * itemsize)
+    return max(1, min(N, MAX_BLOCK, BLOCK_BYTES // per_sample))
+
+
+def make_plan(x: np.ndarray, W: np.ndarray, stride: tuple[int, int], padding: tuple[int, int],
+              dilation: tuple[int, int]) -> ConvPlan:
+    N, C, H, Wd = x.shape
+    F, _, KH, KW = W.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    OH = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1
+    OW = (Wd + 2 * pw - dw * (KW - 1) - 1) // sw + 1
+    nb = plan_block(N, C * KH * KW, OH * OW, x.dtype.itemsize, F)
+    return ConvPlan(N, C, H, Wd, F, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, nb)
+
+
+def forward_blocks(x: np.ndarray, W: np.ndarray, plan: ConvPlan,
+                   epilogue: Callable[[int, int, np.ndarray], None]) -> None:
+    """For every block: columns (Numba), ``out = Wm @ col`` (BLAS), then ``epilogue(n0, nb, out)``.
+
+    ``out: (F, nb*L)``, column ``s*L + l`` for sample ``n0 + s`` and output pixel ``l``.
+    """
+    p = plan
+    K, L = p.K, p.L
+    Wm = W.reshape(p.F, K)
+    xf = x.reshape(-1)
+
+    def block(k: int) -> None:
+        n0 = k * p.block
+        m = min(p.block, p.N - n0)
+        col = _scratch("col", (K, m * L), x.dtype)
+        _im2col_block(xf, p.C, p.H, p.W, n0, m, *p.taps(), col.reshape(-1))
+        out = _scratch("out", (p.F, m * L), x.dtype)
+        np.matmul(Wm, col, out=out)
+        epilogue(n0, m, out)
+
+    with threads.blas_single_thread():
+        threads.run_blocks(block, -(-p.N // p.block))
+
+
+def backward_blocks(x: np.ndarray, W: np.ndarray, plan: ConvPlan,
+                    fill: Callable[[int, int, np.ndarray, np.ndarray], None],
+                    need_dx: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """``(dx, dW, db)`` where ``fill(n0, nb, dmat, db_part)`` writes the block's output gradient as
+    ``dmat: (F, nb*L)`` and its bias-gradient partial ``db_part: (F,)`` (float64)."""
+    p = plan
+    K, L, F = p.K, p.L, p.F
+    dtype = x.dtype
+    n_blocks = -(-p.N // p.block)
+    WmT = W.reshape(F, K).T
+    dWt_parts = np.empty((n_blocks, K, F), dtype=dtype)  # dW^T per block: col @ dmat^T is the faster GEMM
+    db_parts = np.empty((n_blocks, F), dtype=np.float64)
+    dx = np.empty((p.N, p.C, p.H, p.W), dtype=dtype) if need_dx else None
+    xf = x.reshape(-1)
+    dxf = dx.reshape(-1) if dx is not None else None
+
+    def block(k: int) -> None:
+        n0 = k * p.block
+        m = min(p.block, p.N - n0)
+        dmat = _scratch("dmat", (F, m * L), dtype)
+        fill(n0, m, dmat, db_parts[k])
+        col = _scratch("col", (K, m * L), dtype)
+        _im2col_block(xf, p.C, p.H, p.W, n0, m, *p.taps(), col.reshape(-1))
+        np.matmul(col, dmat.T, out=dWt_parts[k])
+        if dxf is not None:
+            dcol = _scratch("dcol", (K, m * L), dtype)
+            np.matmul(WmT, dmat, out=dcol)
+            _col2im_block(dcol.reshape(-1), p.C, p.H, p.W, n0, m, *p.taps(), dxf)
+
+    with threads.blas_single_thread():
+        threads.run_blocks(block, n_blocks)
+    dW = np.ascontiguousarray(_sum_blocks(dWt_parts).T).reshape(F, p.C, p.KH, p.KW)
+    db = _sum_blocks(db_parts).astype(dtype)
+    return dx, dW, db
+
+
+def _sum_blocks(parts: np.ndarray) -> np.ndarray:
+    """Add the per-block partials in block order (fixed, whatever the thread count)."""
+    total = parts[0].copy()
+    for k in range(1, parts.shape[0]):
+        total += parts[k]
+    return total
+
+
+@dataclass(frozen=True)
+class ConvCache:
+    """What the backward needs: the input (columns are recomputed), the weights, the plan."""
+
+    x: np.ndarray                 # (N, C, H, W), C-contiguous
+    W: np.ndarray                 # (F, C, KH, KW), C-contiguous
+    plan: ConvPlan
+    y: np.ndarray | None = None   # the output when ReLU was fused in (its sign masks dout)
+
+
+def _as_pair(v: Any) -> tuple[int, int] | None:
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(a, int) for a in v):
+        return int(v[0]), int(v[1])
+    return None
+
+
+def conv_eligible(x: Any, W: Any, b: Any, stride: Any, padding: Any, dilation: Any, *args: Any, **kwargs: Any) -> bool:
+    """NumPy float32/float64, matching dtypes, ungrouped, a non-empty output; anything else uses the reference."""
+    if args or any(k not in ("groups",) for k in kwargs) or kwargs.get("groups", 1) != 1:
+        return False
+    if type(x) is not np.ndarray or type(W) is not np.ndarray or (b is not None and type(b) is not np.ndarray):
+        return False
+    if x.dtype not in FLOATS or W.dtype != x.dtype or (b is not None and b.dtype != x.dtype):
+        return False
+    if x.ndim != 4 or W.ndim != 4 or x.shape[1] != W.shape[1] or x.shape[0] == 0 or W.shape[0] == 0:
+        return False
+    s, p, d = _as_pair(stride), _as_pair(padding), _as_pair(dilation)
+    if s is None or p is None or d is None or min(s) < 1 or min(d) < 1 or min(p) < 0:
+        return False
+    oh = (x.shape[2] + 2 * p[0] - d[0] * (W.shape[2] - 1) - 1) // s[0] + 1
+    ow = (x.shape[3] + 2 * p[1] - d[1] * (W.shape[3] - 1) - 1) // s[1] + 1
+    return oh > 0 and ow > 0
+
+
+def conv2d_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: tuple[int, int],
+                   padding: tuple[int, int], dilation: tuple[int, int], relu: bool = False,
+                   **_: Any) -> tuple[np.ndarray, ConvCache]:
+    """y: (N, F, OH, OW) = conv(x, W) + b (then ReLU if ``relu``); the cache for :func:`conv2d_backward`."""
+    x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
+    p = make_plan(x, W, stride, padding, dilation)
+    bias = b if b is not None else np.zeros(1, dtype=x.dtype)
+    y = np.empty((p.N, p.F, p.OH, p.OW), dtype=x.dtype)
+    yf = y.reshape(-1)
+
+    def epilogue(n0: int, m: int, out: np.ndarray) -> None:
+        _epilogue(out.reshape(-1), bias, b is not None, relu, p.F, p.L, n0, m, yf)
+
+    forward_blocks(x, W, p, epilogue)
+    return y, ConvCache(x, W, p, y if relu else None)
+
+
+@jit_sum
+def _gather_dout_relu(doutf, yf, F, L, n0, nb, dmatf, dbias):  # pragma: no cover - compiled
+    """:func:`_gather_dout` of ``dout * (y > 0)`` (the gradient through a fused ReLU)."""
+    ncol = nb * L
+    zero = dmatf.dtype.type(0)
+    for f in range(F):
+        acc = 0.0
+        for s in range(nb):
+            src = np.uint64(((n0 + s) * F + f) * L)
+            dst = np.uint64(f * ncol + s * L)
+            for l in range(np.uint64(L)):
+                v = doutf[src + l] if yf[src + l] > zero else zero
+                dmatf[dst + l] = v
+                acc += v
+        dbias[f] = acc
+
+
+def conv2d_backward(dout: np.ndarray, cache: ConvCache,
+                    need_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """``(dx, dW, db)``; dx: (N, C, H, W) or None (``need_dx`` False), dW: (F, C, KH, KW), db: (F,)."""
+    p = cache.plan
+    df = np.ascontiguousarray(dout, dtype=cache.x.dtype).reshape(-1)
+    yf = cache.y.reshape(-1) if cache.y is not None else None
+
+    def fill(n0: int, m: int, dmat: np.ndarray, db_part: np.ndarray) -> None:
+        if yf is None:
+            _gather_dout(df, p.F, p.L, n0, m, dmat.reshape(-1), db_part)
+        else:
+            _gather_dout_relu(df, yf, p.F, p.L, n0, m, dmat.reshape(-1), db_part)
+
+    return backward_blocks(cache.x, cache.W, p, fill, need_dx)
