@@ -147,23 +147,35 @@ def count_ops_per_step(model_name: str, batch: int) -> int:
 
 
 def flops_per_step(model_name: str, batch: int) -> float:
-    """Multiply-adds x 2 of conv and dense layers, forward + backward (dW, and dx except the first layer)."""
+    """2 x multiply-adds of every conv and dense layer (nested ones included), forward + backward (dW, and dx
+    except for the first layer): recorded from one forward pass, scaled to ``batch``."""
+    import numpy as np
+
     from xpcnn import models
     from xpcnn.layers import Conv2D, Dense
 
     model = models.build(model_name, rng=0)
-    shapes = model.output_shapes((batch, 1, 28, 28))
-    total = 0.0
-    for i, (layer, shape) in enumerate(zip(model.layers, shapes, strict=True)):
-        if isinstance(layer, Conv2D):
-            kh, kw = layer.kernel_size
-            fwd = 2.0 * shape[0] * shape[1] * shape[2] * shape[3] * layer.in_channels * kh * kw
-        elif isinstance(layer, Dense):
-            fwd = 2.0 * shape[0] * layer.in_features * layer.out_features
-        else:
-            continue
-        total += fwd * (2 if i == 0 else 3)
-    return total
+    macs: list[float] = []
+    originals = {cls: cls.forward for cls in (Conv2D, Dense)}
+
+    def recording(cls: Any) -> Any:
+        def forward(self: Any, x: Any, train: bool = False) -> Any:
+            y = originals[cls](self, x, train)
+            per_out = int(np.prod(self.params["W"].shape)) // (self.params["W"].shape[0] if cls is Conv2D else 1)
+            spatial = int(np.prod(y.shape[2:])) if cls is Conv2D else 1
+            out_ch = y.shape[1]
+            macs.append(float(per_out * spatial * out_ch) if cls is Conv2D else float(per_out))
+            return y
+        return forward
+
+    try:
+        for cls in originals:
+            cls.forward = recording(cls)  # type: ignore[method-assign]
+        model.forward(np.zeros((1, 1, 28, 28), np.float32))
+    finally:
+        for cls, fwd in originals.items():
+            cls.forward = fwd  # type: ignore[method-assign]
+    return sum(2.0 * m * batch * (2 if i == 0 else 3) for i, m in enumerate(macs))
 
 
 def bn_layers(model_name: str) -> int:
@@ -242,6 +254,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="runs per configuration, interleaved (median reported)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--reuse", help="take the measured rows from this earlier JSON (recompute the projection only)")
     args = p.parse_args()
     if args.worker:
         worker(args)
@@ -252,6 +265,12 @@ def main() -> None:
     if args.quick:
         args.steps, args.warmup, args.rounds = 3, 1, 1
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    previous = json.loads(Path(args.reuse).read_text()) if args.reuse else None
+    if previous is not None:
+        for r in previous["measured"]:
+            if r["model"] in names and r["ranks"] in args.ranks:
+                runs[(r["model"], r["ranks"])] = [r]
+        args.rounds = 0
     for _ in range(args.rounds):  # rounds of every configuration: load drift hits them alike
         for name in names:
             for ranks in args.ranks:
@@ -260,8 +279,9 @@ def main() -> None:
     print(f"{'model':8} {'ranks':>5} {'batch':>6} {'grad KiB':>9} {'compute ms':>11} {'wait ms':>8} "
           f"{'Allreduce ms':>13} {'step ms':>8} {'Allreduce alone ms':>19}")
     for (name, ranks), rs in runs.items():
-        r = {**rs[0], **{k: statistics.median(x[k] for x in rs) for k in ("compute_ms", "wait_ms", "allreduce_ms",
-                                                                            "step_ms", "allreduce_alone_ms")},
+        r = rs[0] if args.reuse else \
+            {**rs[0], **{k: statistics.median(x[k] for x in rs) for k in ("compute_ms", "wait_ms", "allreduce_ms",
+                                                                          "step_ms", "allreduce_alone_ms")},
              "rounds": len(rs), "step_ms_per_round": [x["step_ms"] for x in rs]}
         measured.append(r)
         print(f"{name:8} {ranks:5d} {r['batch']:6d} {r['grad_bytes'] / 1024:9.0f} {r['compute_ms']:11.2f} "
@@ -286,11 +306,14 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "settings": {"global_batch": args.batch, "steps": args.steps, "warmup": args.warmup,
                            "rounds": args.rounds, "load_average_at_start": os.getloadavg()[0],
+                           "reused_measurements_from": args.reuse,
                            "threads_per_rank": 1, "statistic": "median over timed steps, rank 0"},
               "assumptions": {"alpha_s_per_ring_step": ALPHA_S, "beta_bytes_per_s": BETA_BPS,
                               "launch_s": LAUNCH_S, "gpu_flops": GPU_FLOPS,
                               "single_gpu_step": "ESTIMATE, no GPU run: max(ops * launch_s, flops / gpu_flops)"},
               "measured": measured, "projection": projected}
+    if previous is not None:
+        result["measured_settings"] = previous.get("measured_settings", previous["settings"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"\n-> {args.out}")

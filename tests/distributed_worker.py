@@ -1,6 +1,7 @@
 """A small training run for the distributed tests: ``[mpiexec -n N] python tests/distributed_worker.py OUT ...``.
 
 Trains ``--model`` (from :mod:`xpcnn.models`) on the first ``--n`` bundled MNIST images with Adam
+(or ``--optimizer momentum``)
 through :func:`xpcnn.train.fit`; rank 0 (or the single process) writes the final parameters and
 buffers, the history and the world size to ``OUT`` (an .npz).  The same function runs in the
 pytest process as the one-process oracle.  Fault injection: ``--die-at K`` raises on rank 1 at
@@ -31,6 +32,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--augment", default="none")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--optimizer", default="adam", choices=["adam", "momentum"])
     p.add_argument("--checkpoint")
     p.add_argument("--resume")
     p.add_argument("--die-at", type=int)
@@ -55,7 +57,8 @@ def run(argv: list[str]) -> dict[str, Any]:
         x = x[::-1].copy()
     init_seed = args.seed + (1000 * rank if args.init_offset else 0)
     model = models.build(args.model, dtype=args.dtype, rng=B.seed_stream(init_seed, "init"))
-    opt = optim.Adam(model.parameters(), lr=1e-3)
+    opt = optim.Adam(model.parameters(), lr=1e-3) if args.optimizer == "adam" else \
+        optim.Momentum(model.parameters(), lr=0.01, momentum=0.9)
     if args.die_at or args.kill_at:
         inner, count = opt.step, [0]
 

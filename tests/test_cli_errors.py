@@ -295,6 +295,13 @@ def test_divergence_exits_1_and_leaves_nothing(small_mnist, tmp_path):
     assert not out.exists()  # item 9: no half-made run directory
 
 
+def test_divergence_in_a_real_process_is_one_line(tmp_path):
+    """Outside pytest's warning capture: NumPy's overflow warnings must not add lines to the error."""
+    out = tmp_path / "div"
+    proc = python_m(*train_argv(out, "--optimizer", "sgd", "--lr", "1e30", limit=300))
+    assert_one_line_error(proc.returncode, proc.stderr, 1, "training diverged", "nothing was kept")
+
+
 def test_nan_validation_loss_exits_1_and_keeps_the_good_checkpoint(small_mnist, tmp_path, monkeypatch):
     """Item 4: on main a NaN val loss overwrote the checkpoint and the run exited 0."""
     real = train.evaluate

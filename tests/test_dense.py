@@ -118,6 +118,7 @@ def test_errors(backend, rng):
         F.dense(x, B.asarray(rng.standard_normal((4, 2)), dtype="float64"),
                 B.asarray(np.zeros(2), dtype="float32"))
     with pytest.raises(ValueError, match=r"dout must have shape \(3, 2\)"):
-        F.dense_backward(B.asarray(np.ones((3, 3)), dtype="float64"), (x, B.asarray(rng.standard_normal((4, 2)), dtype="float64")))
+        W = B.asarray(rng.standard_normal((4, 2)), dtype="float64")
+        F.dense_backward(B.asarray(np.ones((3, 3)), dtype="float64"), (x, W))
     with pytest.raises(ValueError, match="Flatten"):
         Dense(4, 2, dtype="float64").forward(B.asarray(np.ones((2, 2, 2)), dtype="float64"))

@@ -16,8 +16,23 @@ import pytest
 
 from xpcnn import backend as B
 from xpcnn.gradient_check import gradcheck
-from xpcnn.layers import (LAYER_TYPES, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                          GlobalAvgPool2D, LeakyReLU, MaxPool2D, ReLU, Residual, Sigmoid, Tanh)
+from xpcnn.layers import (
+    LAYER_TYPES,
+    AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Residual,
+    Sigmoid,
+    Tanh,
+)
 from xpcnn.model import Sequential
 
 # name -> (factory(dtype, seed) -> layer, input shape, takes a dtype)

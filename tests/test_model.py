@@ -10,8 +10,19 @@ import pytest
 from xpcnn import backend as B
 from xpcnn import functional as F
 from xpcnn.gradient_check import GradcheckError, gradcheck
-from xpcnn.layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, LeakyReLU,
-                          MaxPool2D, ReLU, Tanh)
+from xpcnn.layers import (
+    AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Tanh,
+)
 from xpcnn.model import Sequential
 
 X_SHAPE = (4, 2, 6, 6)

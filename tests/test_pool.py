@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import avg_cache
 
 import xpcnn
 from xpcnn import backend as B
 from xpcnn.functional import pool as Fp
 from xpcnn.layers import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 
-from helpers import avg_cache
 try:
     from . import reference as R
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
@@ -167,7 +167,8 @@ def test_avg_pool_gradcheck(backend, case, rng):
     x = values("normal", case["x"], rng, "float64")[:1]
 
     def f(xs):
-        return Fp.avg_pool2d(xs, *geom(case)), lambda dout: Fp.avg_pool2d_backward(dout, avg_cache(tuple(xs.shape), *geom(case)))
+        cache = avg_cache(tuple(xs.shape), *geom(case))
+        return Fp.avg_pool2d(xs, *geom(case)), lambda dout: Fp.avg_pool2d_backward(dout, cache)
 
     assert xpcnn.gradcheck(f, [B.asarray(x)]).ok
 
@@ -250,7 +251,8 @@ def test_pool_ops_equal_numpy_lane(backend, case, dtype, rng):
         y, cache = Fp.max_pool2d_forward(xs, k, s, p)
         dout = B.asarray(np.sin(np.arange(np.prod(y.shape))).reshape(tuple(y.shape)).astype(dtype), backend=be)
         return {"max y": y, "max dx": Fp.max_pool2d_backward(dout, cache),
-                "avg y": Fp.avg_pool2d(xs, k, s, p), "avg dx": Fp.avg_pool2d_backward(dout, avg_cache(case["x"], k, s, p))}
+                "avg y": Fp.avg_pool2d(xs, k, s, p),
+                "avg dx": Fp.avg_pool2d_backward(dout, avg_cache(case["x"], k, s, p))}
 
     ref = {name: B.to_numpy(v) for name, v in run("numpy").items()}
     for name, value in run(backend).items():

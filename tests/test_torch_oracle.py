@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import avg_cache
 
 from xpcnn import backend as B
 from xpcnn.functional import conv as Fc
@@ -19,7 +20,6 @@ from xpcnn.functional import loss as Fl
 from xpcnn.functional import norm as Fn
 from xpcnn.functional import pool as Fp
 
-from helpers import avg_cache
 try:
     from . import reference as R
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path

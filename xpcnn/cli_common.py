@@ -43,9 +43,16 @@ class Terminated(BaseException):
 
 
 def one_line(text: str) -> str:
-    """``text`` with its lines joined by ``"; "`` and runs of spaces collapsed (CLI errors are one line)."""
-    parts = [" ".join(line.split()) for line in str(text).splitlines()]
-    return "; ".join(p for p in parts if p)
+    r"""``text`` with its lines joined by ``"; "`` (``" "`` after a colon) and runs of spaces collapsed.
+
+    >>> one_line("searched:\n  a: missing\n  b: missing")
+    'searched: a: missing; b: missing'
+    """
+    out = ""
+    for part in (" ".join(line.split()) for line in str(text).splitlines()):
+        if part:
+            out += part if not out else (" " if out.endswith(":") else "; ") + part
+    return out
 
 
 @contextlib.contextmanager

@@ -99,6 +99,8 @@ def _resolve(args: argparse.Namespace) -> tuple[Recipe, dict[str, Any], dict[str
         run[flag] = given if given is not None else saved
     if run["val_split"] is None and "val_split" not in extra:
         run["val_split"] = 0.0  # written before the held-out split existed: the test set was its validation
+    if run["seed"] is None:
+        run["seed"] = 0
     known = {f.name for f in Recipe.__dataclass_fields__.values()}
     saved_recipe = Recipe(**{k: v for k, v in extra["recipe"].items() if k in known and k != "model"},
                           model=extra["model"])
@@ -209,11 +211,13 @@ def run(plan: Plan) -> int:
     if stopper is not None:
         callbacks.append(stopper)
     progress = not args.no_progress and sys.stderr.isatty()
-    history = train.fit(plan.model, plan.optimizer, plan.train, val=plan.val, epochs=recipe.epochs,
-                        batch_size=recipe.batch_size, scheduler=plan.scheduler, callbacks=callbacks,
-                        seed=plan.run["seed"], on_device=args.on_device, transform=plan.transform,
-                        resume=args.resume, resume_hyper=plan.resume_hyper, progress=progress, extra=extra,
-                        check_every=getattr(args, "check_every", 50))
+    # NumPy's overflow/invalid warnings would add lines to a diverging run's one-line error: the guard reports it
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        history = train.fit(plan.model, plan.optimizer, plan.train, val=plan.val, epochs=recipe.epochs,
+                            batch_size=recipe.batch_size, scheduler=plan.scheduler, callbacks=callbacks,
+                            seed=plan.run["seed"], on_device=args.on_device, transform=plan.transform,
+                            resume=args.resume, resume_hyper=plan.resume_hyper, progress=progress, extra=extra,
+                            check_every=getattr(args, "check_every", 50))
     evaluated_epoch = int(history.epochs[-1]["epoch"]) if history.epochs else plan.resumed_epoch
     if stopper is not None and stopper.stopped_epoch is not None and stopper.best_state is not None:
         evaluated_epoch = stopper.best_epoch or evaluated_epoch

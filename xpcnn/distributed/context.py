@@ -25,7 +25,6 @@ import array_api_compat
 import numpy as np
 
 from .. import backend as B
-from ..layers.composite import Composite
 from ..layers.dropout import Dropout
 from ..layers.norm import _BatchNorm
 from .buckets import DEFAULT_BUCKET_BYTES, allreduce_gradients
@@ -75,7 +74,12 @@ def _feed(h: Any, value: Any) -> None:
 
 
 def _walk(layer: Any, seen: set[int] | None = None) -> Iterator[Any]:
-    """The layers of a model, nested ones included (any attribute holding layers or lists of them)."""
+    """The leaf layers of a model (``named_leaves()`` of a composite), else every layer reachable through
+    attributes holding layers or lists of them."""
+    leaves = getattr(layer, "named_leaves", None)
+    if callable(leaves):
+        yield from (leaf for _, leaf in leaves())
+        return
     seen = set() if seen is None else seen
     if id(layer) in seen:
         return
@@ -177,10 +181,10 @@ class DataParallel:
         for ref in model.parameters():
             ref.assign(self.comm_for(ref.value).broadcast(ref.value, 0))
         for layer in _walk(model):
-            if isinstance(layer, Composite):  # its buffers are read-only views of its children's
-                continue
-            for key, value in getattr(layer, "buffers", {}).items():
-                layer.buffers[key] = self.comm_for(value).broadcast(value, 0)
+            buffers = getattr(layer, "buffers", None)
+            if isinstance(buffers, dict):  # a leaf's own store (a composite's is a read-only view)
+                for key, value in buffers.items():
+                    buffers[key] = self.comm_for(value).broadcast(value, 0)
 
     def common_seed(self, seed: int | None) -> int:
         """``seed``, or (None) a random seed drawn on rank 0 and sent to all: every rank must draw alike."""
