@@ -13,8 +13,8 @@ Peak memory: the growth during one more training step after the timed ones (trac
 the profiler's memory events for torch); xpcnn's persistent per-thread scratch buffers (a few MiB)
 exist already and are not counted.
 
-The torch model is built from the xpcnn model's layer list with the *same initial
-weights* (conv weights copied as they are, dense ``W (in, out)`` transposed into
+The torch model is the xpcnn model's twin (``xpcnn.interop.to_torch``: the *same
+initial weights*, conv weights as they are, dense ``W (in, out)`` transposed into
 ``Linear.weight (out, in)``), trained with ``torch.optim.Adam`` (same lr, betas,
 eps) on the *same batches* (real MNIST, standardised).  Steps are interleaved:
 xpcnn step i, torch step i, xpcnn step i+1, ... so both see the same machine load.
@@ -26,6 +26,9 @@ the wide net) times one full MNIST epoch (60000 images) for each side, batch by
 batch interleaved, with the work of ``xpcnn.train.fit``'s loop: batches from
 ``xpcnn.datasets.BatchIterator`` (shuffled, the same order for torch), the loss read
 back as a float every step and the accuracy counted.
+
+Models with dropout (``bn``) draw different masks on the two sides, so their losses
+agree only in distribution, not step by step.
 """
 
 from __future__ import annotations

@@ -277,6 +277,78 @@ def test_asarray_explicit_backend_argument(backend, rng):
     assert B.backend_name(y) == backend.name
 
 
+# ------------------------------------------------------------------------- DLPack: sharing without copies
+
+def _host_visible(backend) -> bool:
+    """Whether the lane's arrays live in host memory (then DLPack can share them with NumPy)."""
+    return backend.name != "cupy" and "cuda" not in str(backend.device)
+
+
+def test_asarray_copy_none_shares_host_memory_where_the_backend_can(backend, rng):
+    host = rng.standard_normal(4)
+    x = B.asarray(host, copy=None)
+    assert B.backend_name(x) == backend.name and x.dtype == backend.xp.float64
+    host[0] = 123.0  # a write through the NumPy array shows in x only if they share memory
+    assert (float(B.to_numpy(x)[0]) == 123.0) == _host_visible(backend)
+    fresh = B.asarray(host)  # the default still copies
+    host[1] = -7.0
+    assert float(B.to_numpy(fresh)[1]) != -7.0
+
+
+def test_asarray_copy_false_shares_or_says_why(backend, rng):
+    host = rng.standard_normal(3)
+    if _host_visible(backend):
+        x = B.asarray(host, copy=False)
+        host[2] = 9.0
+        assert float(B.to_numpy(x)[2]) == 9.0
+    else:
+        with pytest.raises(ValueError, match="without a copy"):
+            B.asarray(host, copy=False)
+    with pytest.raises(ValueError, match=r"float64 array on cpu cannot become float32 .*the dtype differs"):
+        B.asarray(host, dtype="float32", copy=False)
+    with pytest.raises(ValueError, match="list is not an array that supports DLPack"):
+        B.asarray([1.0, 2.0], copy=False)
+    assert B.to_numpy(B.asarray([1.0, 2.0], copy=None)).tolist() == [1.0, 2.0]  # None copies when it must
+
+
+def test_to_numpy_views_host_arrays_and_copy_true_does_not(backend, rng):
+    x = B.asarray(rng.standard_normal(3))
+    view = B.to_numpy(x)
+    view[0] = 42.0
+    assert (float(B.to_numpy(x, copy=True)[0]) == 42.0) == _host_visible(backend)
+    independent = B.to_numpy(x, copy=True)
+    independent[1] = -1.0
+    assert float(B.to_numpy(x)[1]) != -1.0
+    if not _host_visible(backend):
+        with pytest.raises(ValueError, match="without a copy"):
+            B.to_numpy(x, copy=False)
+
+
+def test_read_only_numpy_is_copied_for_torch_never_exported():
+    torch = pytest.importorskip("torch", reason="NumPy <-> torch sharing needs torch")
+    host = np.arange(3.0)
+    host.flags.writeable = False
+    t = B.asarray(host, backend="torch", copy=None)
+    assert isinstance(t, torch.Tensor) and t.tolist() == [0.0, 1.0, 2.0]
+    t[0] = 5.0  # a private copy: the read-only array is untouched
+    assert host[0] == 0.0
+    with pytest.raises(ValueError, match="read-only"):
+        B.asarray(host, backend="torch", copy=False)
+
+
+def test_torch_tensors_that_record_gradients_cross_without_copies():
+    torch = pytest.importorskip("torch", reason="NumPy <-> torch sharing needs torch")
+    t = torch.zeros(3, requires_grad=True)
+    view = B.to_numpy(t)
+    shared = B.asarray(t, backend="numpy", copy=None)
+    with torch.no_grad():
+        t[1] = 4.0
+    assert view[1] == 4.0 and shared[1] == 4.0
+    back = B.asarray(view, backend="torch", copy=None)
+    view[2] = 8.0
+    assert float(back[2]) == 8.0
+
+
 def test_to_device_like(backend, rng):
     like = B.asarray(np.zeros(2), dtype="float32")
     host = rng.standard_normal((2, 3))
