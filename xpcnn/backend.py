@@ -585,4 +585,3 @@ def set_cupy_tf32(enabled: bool, cublas: Any = None, handle: int | None = None) 
     return int(mode)
 
 
-_resolve = resolve  # the pre-0.2 private name, kept until every caller uses resolve

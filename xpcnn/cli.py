@@ -1,11 +1,15 @@
-"""The ``xpcnn`` command line: ``train``, ``evaluate``, ``predict`` and ``info`` (parser and dispatch;
-one module per command: :mod:`.cli_train`, :mod:`.cli_evaluate`, :mod:`.cli_predict`, :mod:`.cli_info`).
+"""The xpcnn command line: train, evaluate, predict, export and info.
+
+This module holds the parser and the dispatch; each command lives in its own module
+(:mod:`.cli_train`, :mod:`.cli_evaluate`, :mod:`.cli_predict`, :mod:`.cli_info`, and
+:func:`xpcnn.interop.main_export` for ``export``).
 
     xpcnn train                                  # LeNet-5 on the bundled MNIST, NumPy backend
     xpcnn train --model bn --dataset fashion-mnist --data-dir DIR
     XPCNN_BACKEND=cupy xpcnn train               # same, on a CUDA GPU
     xpcnn evaluate runs/<run>/checkpoint.npz
     xpcnn predict runs/<run>/checkpoint.npz digit.png more.npy
+    xpcnn export runs/<run>/checkpoint.npz model.onnx   # needs the onnx extra
     xpcnn info
 
 Every error is one line on stderr; exit codes: 0 success, 1 training failure, 2 bad usage or
@@ -98,7 +102,7 @@ def _recipe_table() -> str:
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="xpcnn", description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--version", action="version", version=f"xpcnn {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,info}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,evaluate,predict,export,info}")
     fmt = argparse.RawDescriptionHelpFormatter
 
     t = sub.add_parser("train", help="train a model and write a run directory", formatter_class=fmt,
@@ -155,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--top", type=_POSITIVE_INT, default=1, help="show the K most likely classes (default: 1)")
     r.add_argument("--json", action="store_true", help="print JSON instead of one line per image")
 
+    sub.add_parser("export", help="write a checkpoint's model as ONNX (see xpcnn export --help)", add_help=False)
     sub.add_parser("info", help="backend, device, kernel sets, versions and BLAS")
     return p
 
@@ -187,6 +192,11 @@ def _silence_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (see the module docstring)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export"]:  # its own parser and errors: xpcnn.interop.onnx_export
+        from .interop import main_export
+
+        return main_export(argv[1:])
     args = _parser().parse_args(argv)
     try:
         with sigterm_raises():
