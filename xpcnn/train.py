@@ -1,4 +1,6 @@
-"""The training loop: ``fit`` / ``evaluate`` and a history; callbacks live in :mod:`xpcnn.callbacks`.
+"""The training loop: ``fit``, the ``Trainer`` and a history; callbacks live in :mod:`xpcnn.callbacks`,
+``evaluate`` in :mod:`xpcnn.evaluation`, the device tally in :mod:`xpcnn.tally`, argument and label checks in
+:mod:`xpcnn.fit_checks` (all re-exported here).
 
     from xpcnn import models, optim, train
     from xpcnn.datasets import load_mnist, to_float
@@ -34,13 +36,15 @@ import numpy as np
 from . import backend as B
 from . import checkpoint as ckpt
 from . import distributed
-from . import functional as F
 from .callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint
 from .datasets.loader import BatchIterator
 from .datasets.preprocess import train_val_split
+from .evaluation import evaluate, evaluate_with_predictions
+from .fit_checks import _as_xy, _check_fit_args, _check_label_range, _model_dtype, check_data
 from .layers.mask_bank import MaskBank
 from .losses import SoftmaxCrossEntropy, labels_prevalidated
 from .model import Sequential
+from .tally import Tally
 
 __all__ = ["Callback", "CSVLogger", "EarlyStopping", "History", "ModelCheckpoint", "Tally", "Trainer",
            "TrainingDivergedError", "check_data", "evaluate", "evaluate_with_predictions", "fit"]
@@ -61,116 +65,6 @@ class History:
 
     def __len__(self) -> int:
         return len(self.epochs)
-
-
-def _as_xy(data: Any, name: str = "data") -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        return np.asarray(B.to_numpy(data[0])), np.asarray(B.to_numpy(data[1]))
-    raise TypeError(f"{name} must be a pair (x, y) of arrays, got {type(data).__name__}")
-
-
-def _num_classes(model: Sequential, x: np.ndarray) -> int | None:
-    """K, the model's number of outputs for samples shaped like ``x[0]`` (None when the model cannot say)."""
-    shapes = getattr(model, "output_shapes", None)
-    if shapes is None:
-        return None
-    try:
-        out = shapes((1, *x.shape[1:]))[-1]
-    except (ValueError, TypeError, IndexError) as exc:
-        raise ValueError(f"the model cannot take samples of shape {tuple(x.shape[1:])}: {exc}") from None
-    return int(out[-1]) if len(out) == 2 else None
-
-
-def check_data(model: Sequential, x: np.ndarray, y: np.ndarray, name: str = "train") -> None:
-    """Check ``x: (N, ...)`` floating or integer images and ``y: (N,)`` integer labels in ``0..K-1``.
-
-    K is the model's number of outputs.  Raises ValueError / TypeError naming ``name``, what was
-    expected and what was received (the first offending label and its index).
-    """
-    if x.ndim < 2:
-        raise ValueError(f"{name} x must have a sample axis and at least one feature axis, got shape {x.shape}")
-    if x.dtype.kind not in "fiu":
-        raise TypeError(f"{name} x must be a numeric array, got dtype {x.dtype}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} data is empty (x has shape {x.shape})")
-    if y.ndim != 1:
-        hint = "; pass y.ravel()" if y.ndim == 2 and y.shape[1] == 1 else ""
-        raise ValueError(f"{name} y must be class labels of shape (N,), got shape {y.shape}{hint}")
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"{name} x and y have different numbers of samples: {x.shape[0]} and {y.shape[0]}")
-    if y.dtype.kind not in "iu":
-        bad = ""
-        if y.dtype.kind == "f":
-            frac = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
-            if frac.size:
-                bad = f" ({float(y[frac[0]])!r} at index {int(frac[0])})"
-        raise TypeError(f"{name} y must be integer class labels, got dtype {y.dtype}{bad}")
-    k = _num_classes(model, x)
-    low, high = int(y.min()), int(y.max())
-    if low < 0 or (k is not None and high >= k):
-        index = int(np.argmin(y)) if low < 0 else int(np.argmax(y))
-        limit = f"0..{k - 1} (the model has {k} outputs)" if k is not None else ">= 0"
-        raise ValueError(f"{name} y must hold labels in {limit}, got {int(y[index])} at index {index}")
-
-
-def evaluate(model: Sequential, data: tuple[Any, Any], loss: Any = None, batch_size: int = 512,
-             on_device: bool = False) -> dict[str, float]:
-    """Mean loss and accuracy of ``model`` (eval mode) on ``(x, y)``: ``{"loss": ..., "accuracy": ...}``."""
-    return evaluate_with_predictions(model, data, loss, batch_size, on_device)[0]
-
-
-def evaluate_with_predictions(model: Sequential, data: tuple[Any, Any], loss: Any = None, batch_size: int = 512,
-                              on_device: bool = False) -> tuple[dict[str, float], np.ndarray]:
-    """:func:`evaluate` and the predicted class of every sample, (N,) int64 on the host, in one pass.
-
-    Data-parallel (:mod:`xpcnn.distributed`): every rank calls it; each evaluates a contiguous part and
-    every rank gets the reduced metrics and all predictions.
-    """
-    dp = distributed.current()
-    if dp is not None:
-        x, y = _as_xy(data)
-        check_data(model, x, y, "evaluation")
-        return dp.evaluate(x, y, lambda part: _evaluate_here(model, part, loss, batch_size, on_device))
-    return _evaluate_here(model, data, loss, batch_size, on_device)
-
-
-def _evaluate_here(model: Sequential, data: tuple[Any, Any], loss: Any, batch_size: int,
-                   on_device: bool) -> tuple[dict[str, float], np.ndarray]:
-    loss = loss or SoftmaxCrossEntropy()
-    x, y = _as_xy(data)
-    check_data(model, x, y, "evaluation")
-    batches = BatchIterator(x, y, _positive_int("batch_size", batch_size), shuffle=False, on_device=on_device,
-                            x_dtype=_model_dtype(model))
-    tally = Tally(check_every=None)
-    predictions = []
-    # labels checked on the host above; sums and predictions stay on the device until the end
-    with B.device_scope(batches.backend), labels_prevalidated(loss):
-        for xb, yb in batches:
-            out = model.forward(xb, train=False)
-            _check_label_range(batches, out)
-            tally.add(loss.forward(out, yb), out, yb)
-            xp = array_api_compat.array_namespace(out)
-            predictions.append(xp.argmax(out, axis=1))
-        result = tally.result()
-        joined = predictions[0] if len(predictions) == 1 else xp.concat(predictions, axis=0)
-        return result, np.asarray(B.to_numpy(joined)).astype(np.int64)
-
-
-def _check_label_range(loader: BatchIterator, logits: Any) -> None:
-    """The loader's labels (range read on the host) against the model's classes (a shape: no device read)."""
-    if loader.label_range is not None and getattr(logits, "ndim", 0) == 2:
-        F.check_label_range(*loader.label_range, int(logits.shape[1]))
-
-
-def _model_dtype(model: Sequential) -> str:
-    ref = next((p.value for p in model.parameters()), None)
-    return "float32" if ref is None else B.dtype_name(ref.dtype)
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 class Trainer:
@@ -286,84 +180,10 @@ class Trainer:
                                             f"(lr {self.optimizer.lr:g}); lower the learning rate")
 
 
-class Tally:
-    """Running loss and accuracy over an epoch, kept on the device: the one place batch results are summed.
-
-    ``add(loss, logits, labels, step)`` with ``loss`` the batch mean (a 0-d array), logits (B, K),
-    labels (B,): device operations only.  Every ``check_every`` steps (None: only at the end) the
-    running loss sum is read once and, if it is not finite, the steps since the previous check are
-    read one by one to name the first bad one (``diverged(value, step, first, last)`` builds the
-    error).  ``result()`` reads the sums once: ``{"loss": ..., "accuracy": ...}`` (sample-weighted).
-    """
-
-    def __init__(self, check_every: int | None = 50,
-                 diverged: Callable[[float, int, int, int], Exception] | None = None) -> None:
-        if check_every is not None and (isinstance(check_every, bool) or int(check_every) < 1):
-            raise ValueError(f"check_every must be an integer >= 1 or None, got {check_every!r}")
-        self.check_every = None if check_every is None else int(check_every)
-        self.diverged = diverged
-        self.loss_sum: Any = None
-        self.correct: Any = None
-        self.seen = 0
-        self._pending: list[tuple[int, Any]] = []
-        self._read: dict[str, float] = {}
-        self._wide: bool | None = None
-
-    def add(self, loss: Any, logits: Any, labels: Any, step: int = 0) -> bool:
-        """Sum one batch on the device; returns True when this call read the tally (a check)."""
-        xp = array_api_compat.array_namespace(logits)
-        n = int(labels.shape[0])
-        if self._wide is None:  # sum in float64 where the device has it (asked once)
-            self._wide = _has_float64(xp, loss)
-        weighted = (xp.astype(loss, xp.float64) if self._wide else loss) * float(n)
-        hits = xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, xp.int64))
-        self.loss_sum = weighted if self.loss_sum is None else self.loss_sum + weighted
-        self.correct = hits if self.correct is None else self.correct + hits
-        self.seen += n
-        if self.diverged is not None:
-            self._pending.append((step, loss))
-        if self.check_every is not None and len(self._pending) >= self.check_every:
-            self.check()
-            return True
-        return False
-
-    def check(self) -> None:
-        """Read the running loss sum (one device-to-host copy); raise if a pending step diverged."""
-        if self.loss_sum is None:
-            return
-        total = float(B.to_numpy(self.loss_sum))
-        self._read = {"loss": total / self.seen}
-        if not math.isfinite(total) and self.diverged is not None and self._pending:
-            first, last = self._pending[0][0], self._pending[-1][0]
-            for step, loss in self._pending:  # the failure path only: read the pending steps
-                value = float(B.to_numpy(loss))
-                if not math.isfinite(value):
-                    raise self.diverged(value, step, first, last)
-            raise self.diverged(total, last, first, last)  # finite steps whose sum overflowed
-        self._pending.clear()
-
-    def result(self) -> dict[str, float]:
-        self.check()
-        correct = int(B.to_numpy(self.correct)) if self.correct is not None else 0
-        return {"loss": self._read.get("loss", math.nan), "accuracy": correct / max(self.seen, 1)}
-
-    def postfix(self) -> dict[str, str]:
-        return {"loss": f"{self._read.get('loss', math.nan):.4f}"}
-
-
 def _mask_banks(layer: Any) -> list[Any]:
     """The dropout mask banks of ``layer`` and of the layers it holds (Sequential, nested blocks)."""
     leaves = [leaf for _, leaf in layer.named_leaves()] if hasattr(layer, "named_leaves") else [layer]
     return [leaf.masks for leaf in leaves if isinstance(getattr(leaf, "masks", None), MaskBank)]
-
-
-def _has_float64(xp: Any, x: Any) -> bool:
-    """``x``'s device supports float64 (CPU, CUDA; not array-api-strict's ``no_float64`` device)."""
-    try:
-        return "float64" in xp.__array_namespace_info__().dtypes(device=array_api_compat.device(x),
-                                                                 kind="real floating")
-    except (AttributeError, TypeError):  # a namespace without the inspection API
-        return True
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -372,20 +192,6 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def _check_fit_args(epochs: Any, batch_size: Any, val_split: Any, seed: Any, callbacks: Any) -> None:
-    _positive_int("epochs", epochs)
-    _positive_int("batch_size", batch_size)
-    if val_split is not None:
-        if isinstance(val_split, bool) or not isinstance(val_split, (int, float, np.floating, np.integer)) \
-                or not 0.0 < float(val_split) < 1.0:
-            raise ValueError(f"val_split must be a fraction in (0, 1) (or None for no split), got {val_split!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-        raise ValueError(f"seed must be an integer >= 0 or None, got {seed!r}")
-    for cb in callbacks:
-        if not callable(getattr(cb, "on_epoch_end", None)):
-            raise TypeError(f"every callback needs an on_epoch_end(trainer, logs) method; got {type(cb).__name__}")
 
 
 def fit(model: Sequential, optimizer: Any, train: tuple[Any, Any], *, val: tuple[Any, Any] | None = None,
