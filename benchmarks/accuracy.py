@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from xpcnn.recipes import RECIPES  # noqa: E402  (the checkout's package, not an installed one)
 
-FASHION = REPO.parent.parent / "shared" / "data" / "fashion-mnist"
+FASHION = REPO.parent / "shared" / "data" / "fashion-mnist"  # the checkout's sibling ../shared/data
 
 #: the configurations measured by default (each trained with RECIPES[name] on RECIPES[name].dataset)
 CONFIGS = ("lenet5", "simple", "bn")
