@@ -90,7 +90,7 @@ RECIPES: dict[str, Recipe] = {
     "resnet20": Recipe("resnet20", optimizer="nesterov", lr=0.1, epochs=15, batch_size=128, schedule="cosine",
                        augment="crop2,flip", weight_decay=5e-4, dataset="fashion-mnist"),
     # the batch-norm CNN on MNIST digits: random 2-pixel crops, no flips
-    "bn-mnist": Recipe("bn", optimizer="adam", lr=2e-3, epochs=10, batch_size=128, schedule="cosine",
+    "bn-mnist": Recipe("bn", optimizer="adam", lr=2e-3, epochs=15, batch_size=128, schedule="cosine",
                        augment="crop2", dataset="mnist"),
     "separable": Recipe("separable", optimizer="adam", lr=2e-3, epochs=15, batch_size=128, schedule="cosine",
                         augment="crop2,flip", dataset="fashion-mnist"),
