@@ -266,6 +266,11 @@ class DataParallel:
             sys.stderr.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         sys.stderr.write(f"xpcnn: rank {self.rank} of {self.size} failed ({type(exc).__name__}: {exc}); "
                          f"aborting all ranks (MPI_Abort); checkpoints already written are complete\n")
+        # The launcher forwards our stderr asynchronously and drops what it has not read once MPI_Abort
+        # tears the job down (mpich's hydra lost the whole message in ~1 of 8 piped runs): flush, then give
+        # it a moment.
+        sys.stderr.flush()
+        time.sleep(0.5)
         self.comm.abort(code)
 
     def __repr__(self) -> str:
