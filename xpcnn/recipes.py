@@ -84,8 +84,8 @@ RECIPES: dict[str, Recipe] = {
     # residual nets: SGD with Nesterov momentum 0.9, L2 5e-4, cosine from 0.1 (He et al.'s CIFAR recipe,
     # shortened); random 2-pixel crops of the zero-padded image and horizontal flips (for MNIST digits
     # pass --augment crop2: a flipped digit is another symbol)
-    # resnet8: 12 epochs is the measured recipe (README accuracy table: 92.29%, below the 93.5% target)
-    "resnet8": Recipe("resnet8", optimizer="nesterov", lr=0.1, epochs=12, batch_size=128, schedule="cosine",
+    # resnet8: 25 epochs (12 epochs gave 92.29%, under-trained; 25 fit the 60-minute budget on 2 cores)
+    "resnet8": Recipe("resnet8", optimizer="nesterov", lr=0.1, epochs=25, batch_size=128, schedule="cosine",
                       augment="crop2,flip", weight_decay=5e-4, dataset="fashion-mnist"),
     "resnet20": Recipe("resnet20", optimizer="nesterov", lr=0.1, epochs=15, batch_size=128, schedule="cosine",
                        augment="crop2,flip", weight_decay=5e-4, dataset="fashion-mnist"),
