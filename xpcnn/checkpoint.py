@@ -168,8 +168,13 @@ def restore(path: str | os.PathLike[str], model: Sequential, optimizer: Any = No
     if meta["model_config"] != model.config():
         raise CheckpointError(f"{path}: the checkpoint's architecture differs from the model's:\n"
                               f"  checkpoint: {meta['model_config']}\n  model:      {model.config()}")
-    # Loading replaces arrays rather than writing into them, so these snapshots stay valid.
-    before = (model.state_dict(), optimizer and optimizer.state_dict(), scheduler and scheduler.state_dict())
+    # Host copies: loading writes into the flat stores' views (xpcnn.flat), which state_dict() returns.
+    before_optim = None
+    if optimizer is not None:
+        before_optim = optimizer.state_dict()
+        before_optim["slots"] = {k: B.to_numpy(v).copy() for k, v in before_optim["slots"].items()}
+    before = ({k: B.to_numpy(v).copy() for k, v in model.state_dict().items()}, before_optim,
+              scheduler and scheduler.state_dict())
     try:
         model.load_state_dict(model_arrays)
         if optimizer is not None:

@@ -42,10 +42,12 @@ import array_api_compat
 
 from . import backend as B
 
-__all__ = ["ALIGN", "Entry", "FlatStore", "attach", "collect_grads", "detach", "store_of", "sync"]
+__all__ = ["ALIGN", "Entry", "FlatStore", "attach", "collect_grads", "detach", "disown", "grad_view", "store_for",
+           "store_of", "sync"]
 
 #: offsets are multiples of this many elements
 ALIGN = 16
+_LINK = "_flat_store_link"
 #: array libraries whose basic slices and reshapes are views that writes go through
 VIEW_LIBRARIES = ("numpy", "cupy", "torch")
 
@@ -88,6 +90,30 @@ class FlatStore:
         for ref, value, view in zip(self.refs, values, self.param_views, strict=True):
             view[...] = value
             ref.owner.params[ref.key] = view
+        #: False once the model dropped this store (detach, a rebuild after ``to``): optimizers stop using it
+        self.active = True
+        for ref in self.refs:
+            ref.owner.__dict__[_LINK] = self  # leaf -> store, so an optimizer finds it (see store_for)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FlatStore:
+        """A deep copy of a model gets its own store: fresh buffers whose views the copied layers hold."""
+        from copy import deepcopy
+
+        return FlatStore(deepcopy(self.refs, memo))
+
+    def _deactivate(self) -> None:
+        self.active = False
+        for ref in self.refs:
+            if ref.owner.__dict__.get(_LINK) is self:
+                del ref.owner.__dict__[_LINK]
+
+    def intact(self) -> bool:
+        """Every parameter is its view of the parameter buffer (nothing replaced it since the last sync)."""
+        return all(r.owner.params.get(r.key) is v for r, v in zip(self.refs, self.param_views, strict=True))
+
+    def grads_intact(self) -> bool:
+        """Every parameter has a gradient, and it is its view of the gradient buffer."""
+        return all(r.owner.grads.get(r.key) is v for r, v in zip(self.refs, self.grad_views, strict=True))
 
     def _view(self, buffers: dict[str, Any], e: Entry) -> Any:
         return self.xp.reshape(buffers[e.dtype][e.offset:e.offset + e.size], e.shape)
@@ -118,6 +144,37 @@ def store_of(model: Any) -> FlatStore | None:
     return model.__dict__.get("_flat_store")
 
 
+def store_for(refs: list[Any]) -> FlatStore | None:
+    """The active store whose parameters are exactly ``refs`` (same layers and keys, same order), else None.
+
+    This is how an optimizer decides to lay its state out flat: ``Adam(model.parameters())`` matches the
+    model's store; a subset or a reordering of the parameters does not.
+    """
+    if not refs:
+        return None
+    store = getattr(refs[0].owner, "__dict__", {}).get(_LINK)
+    if store is None or not store.active or len(store.refs) != len(refs):
+        return None
+    if not all(a.owner is b.owner and a.key == b.key for a, b in zip(refs, store.refs, strict=True)):
+        return None
+    # arrays replaced behind the store's back (moved to another library, say) and not yet synced
+    return store if store.intact() or store.compatible(refs) else None
+
+
+def grad_view(ref: Any) -> Any:
+    """The gradient-buffer view of parameter ``ref`` when its store is active, else None.
+
+    Code that computes a gradient elsewhere (the MPI Allreduce) writes into it to keep the views intact.
+    """
+    store = getattr(ref.owner, "__dict__", {}).get(_LINK)
+    if store is None or not store.active:
+        return None
+    for r, view in zip(store.refs, store.grad_views, strict=True):
+        if r.owner is ref.owner and r.key == ref.key:
+            return view
+    return None
+
+
 def attach(model: Any) -> FlatStore | None:
     """Give ``model`` flat parameter and gradient stores; None (nothing changes) where views are unavailable.
 
@@ -127,6 +184,9 @@ def attach(model: Any) -> FlatStore | None:
     >>> np.shares_memory(model[0].params["W"], store.params["float32"])
     True
     """
+    old = store_of(model)
+    if old is not None:
+        old._deactivate()
     refs = model.parameters()
     if not refs or B.backend_name(refs[0].value) not in VIEW_LIBRARIES:
         model.__dict__["_flat_store"] = None
@@ -144,8 +204,19 @@ def detach(model: Any) -> None:
     model.__dict__["_flat_store"] = None
     model.__dict__["_flat_wanted"] = False
     if store is not None:
+        store._deactivate()
         for ref in store.refs:
             ref.owner.params[ref.key] = store.xp.asarray(ref.value, copy=True)
+
+
+def disown(model: Any) -> None:
+    """``model`` became part of another composite: drop its store (the outermost model owns the one store).
+
+    Unlike :func:`detach` this only undoes what the default did: the outer model lays the same
+    parameters out in its own store right after.
+    """
+    if model.__dict__.get("_flat_wanted") or store_of(model) is not None:
+        detach(model)
 
 
 def sync(model: Any) -> None:

@@ -41,6 +41,9 @@ class Sequential(Composite):
         self.layers: list[Layer] = list(layers)
         self._shared_rng: Any = None
         self.need_input_grad = False  # the outermost model's default; a container that holds it sets True
+        # The flat parameter/gradient store (xpcnn.flat), made now so that an optimizer built right
+        # after construction lays its state out flat too; a composite that adopts this model drops it.
+        flat.attach(self)
 
     def children(self) -> list[tuple[str, Layer]]:
         return [(str(i), layer) for i, layer in enumerate(self.layers)]

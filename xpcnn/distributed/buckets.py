@@ -19,6 +19,7 @@ from typing import Any
 
 import array_api_compat
 
+from .. import flat as _flat
 from ..parameter import ParamRef
 from .comm import Communicator
 
@@ -64,7 +65,8 @@ def _itemsize(a: Any) -> int:
 
 def allreduce_gradients(params: Sequence[ParamRef], comm: Communicator,
                         bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> dict[str, float]:
-    """Sum every parameter's gradient over the ranks of ``comm``; each ``owner.grads[key]`` gets a new array.
+    """Sum every parameter's gradient over the ranks of ``comm``; each ``owner.grads[key]`` gets a new array
+    (a flat gradient buffer's view is written in place instead).
 
     Parameters without a gradient (None) are skipped; every rank must have gradients for the same
     parameters.  Returns ``{"buckets": n, "bytes": total}``.
@@ -82,7 +84,12 @@ def allreduce_gradients(params: Sequence[ParamRef], comm: Communicator,
         offset = 0
         for i, size in zip(bucket.indices, bucket.sizes, strict=True):
             ref = live[i]
-            ref.owner.grads[ref.key] = xp.reshape(reduced[offset:offset + size], tuple(grads[i].shape))
+            summed = xp.reshape(reduced[offset:offset + size], tuple(grads[i].shape))
+            view = _flat.grad_view(ref)
+            if view is not None and grads[i] is view:  # a flat gradient buffer (xpcnn.flat) keeps its views
+                view[...] = summed
+            else:
+                ref.owner.grads[ref.key] = summed
             offset += size
         total += bucket.nbytes
     return {"buckets": float(len(buckets)), "bytes": float(total)}

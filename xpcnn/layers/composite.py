@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .. import backend as B
+from .. import flat
 from .base import Layer
 
 __all__ = ["Composite", "summary_rows"]
@@ -66,6 +67,9 @@ class Composite(Layer):
                                      f"{seen[id(layer)]!r} and {path!r}; build a separate layer for each position "
                                      "(shared layers would overwrite each other's gradients)")
                 seen[id(layer)] = path
+        for _, child in children:  # one flat store per model, owned by the outermost (see xpcnn.flat)
+            if isinstance(child, Composite):
+                flat.disown(child)
 
     # -- read-only views with dotted names ------------------------------------------------------
     @property

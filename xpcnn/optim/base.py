@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Generic, TypeVar, overload
 import array_api_compat
 
 from .. import backend as _backend
-from .. import kernels
+from .. import flat, kernels
 from ..checks import integer, non_negative, positive
 from ..functional.updates import SLOTS
 from ..parameter import ParamRef
@@ -108,9 +108,21 @@ class Optimizer:
         self.step_count = 0
         self._t: dict[str, int] = {ref.name: 0 for ref in params}
         self.state: dict[str, dict[str, Any]] = {}
-        for ref in params:
-            # on the parameter's device even for cupy:N (CuPy's zeros_like uses the current GPU)
-            self.state[ref.name] = {slot: _backend.zeros_like(ref.value) for slot in self.slot_names}
+        #: the model's flat store when ``params`` are exactly its parameters (see :mod:`xpcnn.flat`)
+        self._store = flat.store_for(params)
+        #: slot name -> {dtype name: flat buffer laid out like the store}; ``state`` holds views of them
+        self._flat_slots: dict[str, dict[str, Any]] = {}
+        self._slot_views: list[dict[str, Any]] = []
+        if self._store is not None:
+            self._flat_slots = {slot: self._store.like() for slot in self.slot_names}
+            per_slot = {slot: self._store.views(bufs) for slot, bufs in self._flat_slots.items()}
+            self._slot_views = [{slot: per_slot[slot][i] for slot in self.slot_names} for i in range(len(params))]
+            for ref, views in zip(params, self._slot_views, strict=True):
+                self.state[ref.name] = dict(views)
+        else:
+            for ref in params:
+                # on the parameter's device even for cupy:N (CuPy's zeros_like uses the current GPU)
+                self.state[ref.name] = {slot: _backend.zeros_like(ref.value) for slot in self.slot_names}
         # the array each parameter held after our last step: an unchanged one needs no placement check
         self._written: dict[str, Any] = {}
 
@@ -146,6 +158,9 @@ class Optimizer:
         they are (as in PyTorch).  Raises ``ValueError``, before changing anything, when a parameter
         no longer lives where its state does (the model was moved after the optimizer was built).
         """
+        if self._flat_eligible():
+            self._flat_step()
+            return
         live, values, grads = [], [], []
         for ref in self.params:
             grad = ref.grad
@@ -169,6 +184,65 @@ class Optimizer:
         for ref, value in zip(live, new, strict=True):
             ref.assign(value)
             self._written[ref.name] = value
+        if self._store is not None:
+            self._repair_views()
+
+    # -- the flat path (xpcnn.flat): one kernel-op call, one entry per dtype --------------------
+
+    def _flat_eligible(self) -> bool:
+        """Whole flat buffers can be updated: store live, views intact, every gradient in the buffer, equal steps.
+
+        The gaps between entries are zeros in every buffer; each rule maps zero parameter, gradient and
+        state to zeros, except a division by ``sqrt(0) + eps`` with ``eps == 0`` (0/0): that falls back.
+        """
+        store = self._store
+        return store is not None and store.active and self._flat_ready(store)
+
+    def _flat_ready(self, store: flat.FlatStore) -> bool:
+        if "eps" in self.hyper_fields and self.slot_names and float(getattr(self, "eps")) == 0.0:
+            return False
+        if len(set(self._t.values())) != 1 or not store.intact() or not store.grads_intact():
+            return False
+        return all(self.state[ref.name].get(slot) is view[slot] for ref, view in
+                   zip(self.params, self._slot_views, strict=True) for slot in self.slot_names)
+
+    def _flat_step(self) -> None:
+        store = self._store
+        assert store is not None
+        self.step_count += 1
+        t = next(iter(self._t.values())) + 1
+        for name in self._t:
+            self._t[name] = t
+        dtypes = list(store.params)
+        values = [store.params[d] for d in dtypes]
+        slots = [{slot: self._flat_slots[slot][d] for slot in self.slot_names} for d in dtypes]
+        new = kernels.optimizer_update(values, [store.grads[d] for d in dtypes], slots, [t] * len(dtypes),
+                                       self.rule, self._rule_hyper())
+        for d, value, slot_dict in zip(dtypes, new, slots, strict=True):  # a reference op returns new arrays
+            if value is not store.params[d]:
+                store.params[d][...] = value
+            for slot, arr in slot_dict.items():
+                if arr is not self._flat_slots[slot][d]:
+                    self._flat_slots[slot][d][...] = arr
+
+    def _repair_views(self) -> None:
+        """After a per-parameter step on a flat model: new arrays go back into their views."""
+        store = self._store
+        assert store is not None
+        if store.active and [r.name for r in store.refs] == [r.name for r in self.params]:
+            for ref, view in zip(store.refs, store.param_views, strict=True):
+                current = ref.owner.params[ref.key]
+                if current is not view and tuple(current.shape) == tuple(view.shape) and \
+                        _backend.backend_name(current) == store.library and current.dtype == view.dtype:
+                    view[...] = current
+                    ref.owner.params[ref.key] = view
+                    self._written[ref.name] = view
+        for ref, views in zip(self.params if self._slot_views else [], self._slot_views, strict=True):
+            state = self.state[ref.name]
+            for slot, view in views.items():
+                if state[slot] is not view and _same_placement(state[slot], view):
+                    view[...] = state[slot]
+                    state[slot] = view
 
     def _check_placement(self, ref: ParamRef, value: Any) -> None:
         """The parameter must match its state arrays in library, device and dtype."""
@@ -243,6 +317,11 @@ class Optimizer:
 
         self.step_count = step
         self._t = param_steps
+        for ref, views in zip(self.params if self._slot_views else [], self._slot_views, strict=True):
+            for slot, view in views.items():
+                if _same_placement(new_state[ref.name][slot], view):
+                    view[...] = new_state[ref.name][slot]
+                    new_state[ref.name][slot] = view
         self.state = new_state
         self._written = {}
 
@@ -286,3 +365,9 @@ class Optimizer:
 
 
 Optimizer.hyper_fields = collect_hypers(Optimizer)
+
+
+def _same_placement(a: Any, b: Any) -> bool:
+    """Same library, device, dtype and shape: ``b[...] = a`` is a plain copy."""
+    return (type(a) is type(b) and a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape)
+            and array_api_compat.device(a) == array_api_compat.device(b))
