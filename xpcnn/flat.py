@@ -35,6 +35,7 @@ Namespaces whose slices are not writable views (``array_api_strict``) keep per-a
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,12 +43,14 @@ import array_api_compat
 
 from . import backend as B
 
-__all__ = ["ALIGN", "Entry", "FlatStore", "attach", "collect_grads", "detach", "disown", "grad_view", "store_for",
+__all__ = ["ALIGN", "Entry", "FlatStore", "attach", "collect_grads", "detach", "disown", "grad_view", "live_stores",
+           "store_for",
            "store_of", "sync"]
 
 #: offsets are multiples of this many elements
 ALIGN = 16
 _LINK = "_flat_store_link"
+_LIVE: weakref.WeakSet[FlatStore] = weakref.WeakSet()
 #: array libraries whose basic slices and reshapes are views that writes go through
 VIEW_LIBRARIES = ("numpy", "cupy", "torch")
 
@@ -92,6 +95,7 @@ class FlatStore:
             ref.owner.params[ref.key] = view
         #: False once the model dropped this store (detach, a rebuild after ``to``): optimizers stop using it
         self.active = True
+        _LIVE.add(self)
         for ref in self.refs:
             ref.owner.__dict__[_LINK] = self  # leaf -> store, so an optimizer finds it (see store_for)
 
@@ -103,6 +107,7 @@ class FlatStore:
 
     def _deactivate(self) -> None:
         self.active = False
+        _LIVE.discard(self)
         for ref in self.refs:
             if ref.owner.__dict__.get(_LINK) is self:
                 del ref.owner.__dict__[_LINK]
@@ -142,6 +147,11 @@ class FlatStore:
 def store_of(model: Any) -> FlatStore | None:
     """The model's flat store, or None when it has none."""
     return model.__dict__.get("_flat_store")
+
+
+def live_stores() -> list[FlatStore]:
+    """Every active store (a kernel set that writes gradients looks a parameter view up in them)."""
+    return [s for s in list(_LIVE) if s.active]
 
 
 def store_for(refs: list[Any]) -> FlatStore | None:

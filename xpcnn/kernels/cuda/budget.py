@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ... import kernels, models, optim
+from ... import flat, kernels, models, optim
 from . import cupy_set
 from .standin import StandIn
 
@@ -105,6 +105,7 @@ def _to_standin(model: Any, ns: StandIn) -> None:
     for layer in model.layers:
         for key, value in layer.params.items():
             layer.params[key] = ns.from_numpy(np.asarray(value))
+    flat.sync(model)  # as model.to(...) does: a flat store on the new arrays where they can be viewed
 
 
 def count_lenet5_steps(batch: int = 32, steps: int = 3, optimizer: str = "adam", seed: int = 0,

@@ -3,6 +3,11 @@
 The first update of a parameter list copies the parameters into one flat buffer (a :class:`FlatGroup`)
 with a gradient buffer and state buffers laid out alike; the conv and dense backward kernels write
 gradients straight into it (:func:`grad_buffer`), so later updates are one launch.
+
+A model with a flat store (:mod:`xpcnn.flat`, the default) needs no copy: its optimizer hands over
+the store's whole 1-D buffers (one entry per dtype), which become a group as they are (adopted, not
+copied), and :func:`grad_buffer` finds a parameter view of a live store and returns its view of the
+store's gradient buffer.  (Logic-checked on the CuPy stand-in; not yet run on a GPU.)
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ... import flat as _flat
 from ...functional import updates as _updates
 from .launch import Kernels, _is_f32, f32, i32, i64
 
@@ -37,6 +43,8 @@ class FlatGroup:
 
     def view(self, flat: Any, i: int) -> Any:
         o = self.offsets[i]
+        if o == 0 and self.sizes[i] == flat.size and self.shapes[i] == tuple(flat.shape):
+            return flat  # an adopted buffer (one entry covering it): the array itself
         return flat[o:o + self.sizes[i]].reshape(self.shapes[i])
 
 
@@ -54,7 +62,43 @@ def grad_buffer(k: Kernels, param: Any) -> Any:
                 i = group.offsets.index(offset)
                 if group.shapes[i] == tuple(param.shape):
                     return group.view(group.grads, i)
+        view = _store_grad_view(param, addr)
+        if view is not None:
+            return view
     return k.cp.empty(param.shape, dtype=param.dtype)
+
+
+def _store_grad_view(param: Any, addr: int) -> Any:
+    """The gradient-buffer view of ``param`` when it is a parameter view of a live flat store, else None."""
+    for store in _flat.live_stores():
+        if store.library in ("numpy", "torch"):
+            continue
+        table = store.__dict__.get("_cuda_addresses")
+        if table is None:  # the buffers never move: one address table per store
+            table = store.__dict__["_cuda_addresses"] = {_address(v): i for i, v in enumerate(store.param_views)}
+        i = table.get(addr)
+        if i is not None and store.entries[i].shape == tuple(param.shape) and store.param_views[i].dtype == param.dtype:
+            return store.grad_views[i]
+    return None
+
+
+def _adoptable(params: list[Any], grads: list[Any], slots: list[dict[str, Any]], names: tuple[str, ...]) -> bool:
+    """One whole 1-D buffer each for the parameter, gradient and state (a flat store's hand-over)."""
+    if len(params) != 1:
+        return False
+    arrays = [params[0], grads[0], *(slots[0][n] for n in names)]
+    return all(a.ndim == 1 and a.size == params[0].size and a.flags.c_contiguous for a in arrays)
+
+
+def _adopt_group(k: Kernels, params: list[Any], grads: list[Any], slots: list[dict[str, Any]],
+                 names: tuple[str, ...]) -> FlatGroup:
+    """A group whose buffers are the caller's own (no copy): the update writes them in place."""
+    p = params[0]
+    group = FlatGroup(p, grads[0], {n: slots[0][n] for n in names}, [0], [int(p.size)], [tuple(p.shape)])
+    k.groups[_address(p)] = group
+    while len(k.groups) > _MAX_GROUPS:
+        k.groups.popitem(last=False)
+    return group
 
 
 
@@ -140,7 +184,9 @@ def _optimizer_update(k: Kernels, params: list[Any], grads: list[Any], slots: li
                       steps: list[int], rule: str, hyper: Mapping[str, float]) -> list[Any]:
     names = _updates.SLOTS[rule]
     group = _group_of(k, params)
-    if group is None:  # first step (or after a checkpoint load): move parameters and state into a flat group
+    if group is None and _adoptable(params, grads, slots, names):  # a flat store's buffers: used as they are
+        group = _adopt_group(k, params, grads, slots, names)
+    elif group is None:  # first step (or after a checkpoint load): move parameters and state into a flat group
         group = _new_group(k, params, names)
     for n in names:  # a rule this group has not served yet (another optimizer over the same parameters)
         if n not in group.slots:
