@@ -100,10 +100,14 @@ class FlatStore:
             ref.owner.__dict__[_LINK] = self  # leaf -> store, so an optimizer finds it (see store_for)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FlatStore:
-        """A deep copy of a model gets its own store: fresh buffers whose views the copied layers hold."""
-        from copy import deepcopy
+        """An empty, inactive store: a deep copy's arrays are no views of one buffer any more.
 
-        return FlatStore(deepcopy(self.refs, memo))
+        The copied model rebuilds its own store (``Sequential.__deepcopy__``, or the next :func:`sync`).
+        """
+        stale = FlatStore.__new__(FlatStore)
+        stale.__dict__.update(xp=self.xp, device=self.device, library=self.library, refs=[], entries=[], params={},
+                              grads={}, param_views=[], grad_views=[], active=False)
+        return stale
 
     def _deactivate(self) -> None:
         self.active = False
@@ -235,6 +239,9 @@ def sync(model: Any) -> None:
         return
     store = store_of(model)
     refs = model.parameters()
+    if store is not None and not store.active:  # a deep copy's placeholder
+        attach(model)
+        return
     if store is not None and len(refs) == len(store.refs) and all(
             r.owner.params[r.key] is v for r, v in zip(refs, store.param_views, strict=True)):
         return  # intact (the common case: in-place updates)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +45,15 @@ class Sequential(Composite):
         # The flat parameter/gradient store (xpcnn.flat), made now so that an optimizer built right
         # after construction lays its state out flat too; a composite that adopts this model drops it.
         flat.attach(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Sequential:
+        """A deep copy with its own flat store (copied arrays are no views of the original's buffers)."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = copy.deepcopy(value, memo)
+        flat.sync(new)
+        return new
 
     def children(self) -> list[tuple[str, Layer]]:
         return [(str(i), layer) for i, layer in enumerate(self.layers)]
