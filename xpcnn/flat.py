@@ -1,9 +1,19 @@
 """Flat parameter and gradient stores: one contiguous buffer per dtype, every layer array a view into it.
 
-``attach(model)`` moves a model's parameters into one 1-D buffer per dtype and makes each
-``layer.params[key]`` a view of its slice; gradients get a second buffer with the same layout, which
-``layer.grads[key]`` views after each backward pass.  A multi-tensor optimizer update, a CUDA kernel or
-an MPI Allreduce can then touch all parameters (or gradients) of a dtype in one call.
+Every :class:`~xpcnn.model.Sequential` gets a store when it is built (:func:`attach`): its parameters
+move into one 1-D buffer per dtype and each ``layer.params[key]`` becomes a view of its slice;
+gradients get a second buffer with the same layout, which ``layer.grads[key]`` views after each
+backward pass.  A multi-tensor optimizer update, a CUDA kernel or an MPI Allreduce can then touch all
+parameters (or gradients) of a dtype in one call.  ``detach(model)`` opts out (per-array storage).
+
+Who owns the store
+------------------
+Only the outermost model.  A Sequential or Residual adopted by another composite drops its store
+(:func:`disown`, called by ``Composite._adopt``) and the outer model lays the same parameters out in
+its own: two stores over the same parameters would each re-point the layers at their views and
+silently detach the other's.  The store is made at construction (not at the first forward) because
+the optimizer is usually built right after the model and before any forward: it finds the store with
+:func:`store_for` and lays its state out flat from the start.  A deep copy of a model gets a new store.
 
 Layout (the contract for those users)
 -------------------------------------
@@ -16,18 +26,34 @@ Layout (the contract for those users)
   buffers; an elementwise update over the whole buffer keeps them zero (zero gradient, zero state).
 * ``store.entries``: one :class:`Entry` ``(name, dtype, offset, size, shape)`` per parameter; the same
   table describes the gradient buffer.  Buffers with equal layout (optimizer slots, an Allreduce's
-  receive buffer) are made with :meth:`FlatStore.like`.
+  receive buffer) are made with :meth:`FlatStore.like`; :meth:`FlatStore.views` cuts them per entry.
+
+The optimizer on a store
+------------------------
+An optimizer whose parameter list is exactly a store's (same layers and keys, same order; a subset
+or another order is not) allocates each state slot as one buffer per dtype (``store.like()``) and
+keeps per-parameter views of them in ``optimizer.state[name][slot]``, so ``state_dict()`` keeps its
+per-parameter format and ``load_state_dict()`` copies into the views.  A step is then ONE call of the
+kernel op ``optimizer_update`` with one entry per dtype: the whole parameter, gradient and slot
+buffers (the Numba kernel updates each in one pass, in place; the CUDA set adopts them as a group;
+the reference returns new arrays, copied back into the buffers).  The gaps stay zero for every
+rule: each maps zero parameter, gradient and state to zero, except ``0 / (sqrt(0) + eps)`` with
+``eps == 0``, which takes the per-parameter path.  That path is also taken, parameter by parameter
+as before, whenever the whole-buffer step would be wrong: a parameter without a gradient (skipped,
+as in PyTorch), a gradient that is not its view of the gradient buffer, unequal step counts, a
+replaced parameter or slot, a store no longer active; what it replaces is copied back into the views.
 
 Keeping the views intact
 ------------------------
 Anything that *replaces* a layer's array instead of writing into it -- the reference optimizer update
-(it returns new arrays), ``load_state_dict``, ``to(...)``, a user's assignment -- is repaired by
+on the per-parameter path, ``load_state_dict``, ``to(...)``, a user's assignment -- is repaired by
 :func:`sync`, which the model calls at the start of ``forward`` and at the end of ``load_state_dict``
 and ``to``: a replaced parameter's values are copied into its view and the view is put back (so
-nothing is silently detached); a moved or recast model gets a new store on its new backend.
+nothing is silently detached); a moved or recast model gets a new store on its new backend (the old
+one is deactivated, and an optimizer built before the move refuses to step, as it always did).
 :func:`collect_grads` (called at the end of ``backward``) copies fresh gradients into the gradient
-buffer and points ``layer.grads`` at the views.  In-place updates (the ``numba_cpu`` optimizer kernel)
-keep the views as they are, so they cost nothing here.
+buffer and points ``layer.grads`` at the views; kernels that write gradients straight into the views
+(the CUDA set, via :func:`live_stores`) and the MPI Allreduce (via :func:`grad_view`) cost nothing here.
 
 Namespaces whose slices are not writable views (``array_api_strict``) keep per-array storage:
 :func:`attach` returns None there and the model runs as before.

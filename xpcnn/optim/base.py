@@ -199,7 +199,7 @@ class Optimizer:
         return store is not None and store.active and self._flat_ready(store)
 
     def _flat_ready(self, store: flat.FlatStore) -> bool:
-        if "eps" in self.hyper_fields and self.slot_names and float(getattr(self, "eps")) == 0.0:
+        if self.slot_names and float(self.__dict__.get("eps", 1.0)) == 0.0:
             return False
         if len(set(self._t.values())) != 1 or not store.intact() or not store.grads_intact():
             return False
