@@ -23,12 +23,16 @@ OPTIMIZERS = {  # every rule, with and without weight decay
     "sgd_wd": (optim.SGD, {"lr": 0.05, "weight_decay": 0.01}),
     "momentum": (optim.Momentum, {"lr": 0.05, "momentum": 0.9}),
     "momentum_wd": (optim.Momentum, {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}),
+    "nesterov": (optim.Nesterov, {"lr": 0.05, "momentum": 0.9}),
     "nesterov_wd": (optim.Nesterov, {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}),
+    "adagrad": (optim.AdaGrad, {"lr": 0.05}),
     "adagrad_wd": (optim.AdaGrad, {"lr": 0.05, "weight_decay": 0.01}),
+    "rmsprop": (optim.RMSProp, {"lr": 0.01}),
     "rmsprop_wd": (optim.RMSProp, {"lr": 0.01, "weight_decay": 0.01}),
     "adam": (optim.Adam, {"lr": 1e-2}),
     "adam_wd": (optim.Adam, {"lr": 1e-2, "weight_decay": 0.01}),
-    "adamw": (optim.AdamW, {"lr": 1e-2, "weight_decay": 0.05}),
+    "adamw": (optim.AdamW, {"lr": 1e-2, "weight_decay": 0.0}),
+    "adamw_wd": (optim.AdamW, {"lr": 1e-2, "weight_decay": 0.05}),
 }
 
 

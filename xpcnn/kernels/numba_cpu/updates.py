@@ -5,6 +5,10 @@ the reference's five to ten temporaries).  The arithmetic follows the reference'
 the parameter's own dtype (hyper-parameters and bias corrections rounded to it first, as NumPy does
 with Python floats), so a float32 step agrees with the reference to a few ulps.  The op returns the
 same parameter arrays it was given; the slot dicts keep their arrays (updated in place).
+
+On a model with a flat store (:mod:`xpcnn.flat`) the optimizer hands over one entry per dtype: the
+store's whole 1-D parameter and gradient buffers and its flat slot buffers, so each dtype is one
+kernel call; the zero gaps between entries stay zero (every rule maps zeros to zeros for ``eps > 0``).
 """
 
 from __future__ import annotations
