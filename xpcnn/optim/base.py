@@ -68,6 +68,10 @@ class Optimizer:
     from it) and declare their hyper-parameters as :class:`Hyper` attributes.  :meth:`step` sends all
     parameters that have a gradient through the kernel op ``xpcnn.kernels.optimizer_update`` at once.
 
+    Over exactly a model's parameters (``model.parameters()``) the state is laid out like the model's
+    flat store (:mod:`xpcnn.flat`) and a step hands the op whole buffers, one entry per dtype;
+    ``state[name][slot]`` are views of those buffers.
+
     ``lr`` may be changed between steps (schedules do); it must stay finite and ``>= 0``.
     """
 
