@@ -65,10 +65,10 @@ def _itemsize(a: Any) -> int:
 
 def allreduce_gradients(params: Sequence[ParamRef], comm: Communicator,
                         bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> dict[str, float]:
-    """Sum every parameter's gradient over the ranks of ``comm``; each ``owner.grads[key]`` gets a new array
-    (a flat gradient buffer's view is written in place instead).
+    """Sum every parameter's gradient over the ranks of ``comm``; each ``owner.grads[key]`` gets a new array.
 
-    Parameters without a gradient (None) are skipped; every rank must have gradients for the same
+    A gradient that is its view of a flat gradient buffer (:mod:`xpcnn.flat`) is written in place
+    instead, so the optimizer's one-call update still applies.  Parameters without a gradient (None) are skipped; every rank must have gradients for the same
     parameters.  Returns ``{"buckets": n, "bytes": total}``.
     """
     live = [ref for ref in params if ref.grad is not None]
