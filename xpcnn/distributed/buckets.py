@@ -68,8 +68,8 @@ def allreduce_gradients(params: Sequence[ParamRef], comm: Communicator,
     """Sum every parameter's gradient over the ranks of ``comm``; each ``owner.grads[key]`` gets a new array.
 
     A gradient that is its view of a flat gradient buffer (:mod:`xpcnn.flat`) is written in place
-    instead, so the optimizer's one-call update still applies.  Parameters without a gradient (None) are skipped; every rank must have gradients for the same
-    parameters.  Returns ``{"buckets": n, "bytes": total}``.
+    instead, so the optimizer's one-call update still applies.  Parameters without a gradient (None)
+    are skipped; every rank must have gradients for the same parameters.  Returns ``{"buckets": n, "bytes": total}``.
     """
     live = [ref for ref in params if ref.grad is not None]
     grads = [ref.grad for ref in live]
