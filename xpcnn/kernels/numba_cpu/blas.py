@@ -32,11 +32,15 @@ import os
 from typing import Any
 
 import numpy as np
-from llvmlite import binding as llvm
-from llvmlite import ir
-from numba import types
-from numba.core import cgutils
-from numba.extending import intrinsic
+
+try:
+    from llvmlite import binding as llvm
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+except Exception as exc:  # the same announcement as ._jit's: the registry falls back to the reference
+    raise ImportError(f"numba is not usable: {type(exc).__name__}: {exc}") from exc
 
 from ._jit import jit
 
