@@ -19,6 +19,9 @@ MaxPool            :mod:`xpcnn.kernels.fusion`)
 Anything else falls back to the reference (:mod:`xpcnn.functional`).  Numba missing or failing to
 import raises ImportError here, which the registry announces once before using the reference.
 Threads: :mod:`.threads` (the BLAS thread limit decides; results are bitwise the same for any count).
+GEMM: :mod:`.blas` lets the convolution kernels call NumPy's bundled OpenBLAS from inside Numba, so each
+thread runs its whole share of blocks in one compiled call (``xpcnn info`` shows ``numba_cpu_gemm``);
+without a bundled OpenBLAS they call ``np.matmul`` per block, with the same results.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fusion, ops
-from . import conv, fused, norm, pool, threads, updates
+from . import blas, conv, fused, norm, pool, threads, updates
 from ._jit import CACHE, CACHE_PROBLEM
 
-__all__ = ["CACHE", "CACHE_PROBLEM", "NAME", "conv", "fused", "norm", "pool", "threads", "updates"]
+__all__ = ["CACHE", "CACHE_PROBLEM", "NAME", "blas", "conv", "fused", "norm", "pool", "threads", "updates"]
 
 #: the kernel set's name on the seam (``xpcnn.kernels.active_sets()``)
 NAME = "numba_cpu"

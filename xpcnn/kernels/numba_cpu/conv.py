@@ -15,7 +15,11 @@ Per block (one BLAS GEMM per product):
               dcol = Wm^T @ dmat         -> col2im (Numba) straight into dx[n0 : n0+nb]
 
 Blocks run on the worker threads of :mod:`.threads`; ``dW`` and ``db`` are the per-block partials added
-in block order, so the result does not depend on the thread count.  The forward cache holds ``x`` and
+in block order, so the result does not depend on the thread count.  Where :mod:`.blas` found NumPy's
+OpenBLAS, the GEMMs are called from inside Numba and each thread runs its share of blocks (``t, t + n,
+...``) in one compiled call (``_forward_share``, ``_backward_share``): the GIL is taken once per thread
+per op instead of several times per block, which is what kept a second thread from helping on small
+layers.  Otherwise each block is driven from Python with ``np.matmul``; the results are the same bits.  The forward cache holds ``x`` and
 ``W`` (no column matrix).
 """
 
