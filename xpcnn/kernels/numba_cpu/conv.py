@@ -19,7 +19,9 @@ in block order, so the result does not depend on the thread count.  Where :mod:`
 OpenBLAS, the GEMMs are called from inside Numba and each thread runs its share of blocks (``t, t + n,
 ...``) in one compiled call (``_forward_share``, ``_backward_share``): the GIL is taken once per thread
 per op instead of several times per block, which is what kept a second thread from helping on small
-layers.  Otherwise each block is driven from Python with ``np.matmul``; the results are the same bits.  The forward cache holds ``x`` and
+layers.  Otherwise each block is driven from Python with ``np.matmul``; the results are the same bits.
+
+The forward cache holds ``x`` and
 ``W`` (no column matrix).
 """
 
