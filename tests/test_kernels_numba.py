@@ -326,3 +326,27 @@ def test_whole_shares_equal_the_per_block_path(numba_cpu, monkeypatch, dtype, wo
     assert len(results[True]) == len(results[False]) > 40
     for per_block, share in zip(results[False], results[True]):
         assert per_block.dtype == share.dtype and per_block.tobytes() == share.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(16, 8, 5, 5), (32, 12), (7, 5, 3, 4)])
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_relu_matches_the_composed_reference(numba_cpu, shape, train, dtype):
+    from xpcnn.kernels import fusion
+
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(shape).astype(dtype)
+    C = shape[1]
+    gamma, beta = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    out = {}
+    for mode in ("fast", "reference"):
+        rm, rv = rng.standard_normal(C).astype(dtype) * 0 + 0.5, np.full(C, 2.0, dtype)
+        with kernels.using_kernels(mode):
+            impl = fusion.batch_norm_relu.implementation(x, gamma, beta, rm, rv, train, 0.1, 1e-5)
+            assert impl == (NAME if mode == "fast" else "reference")
+            y, cache = fusion.batch_norm_relu.forward(x, gamma, beta, rm, rv, train, 0.1, 1e-5)
+            out[mode] = (y, *fusion.batch_norm_relu.backward(dout, cache), rm, rv)
+    assert np.all(out["fast"][0] >= 0) and np.any(out["fast"][0] == 0)
+    for name, f, r in zip(("y", "dx", "dgamma", "dbeta", "running_mean", "running_var"), out["fast"], out["reference"]):
+        close(f, r, dtype, name)

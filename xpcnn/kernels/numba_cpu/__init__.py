@@ -14,6 +14,8 @@ op                 module                                               eligible
 ``optimizer_update`` :mod:`.updates` (in place)                         contiguous writable float arrays
 fused Conv->ReLU-> :mod:`.fused` (one pass per block; planned by         as ``conv2d`` and ``max_pool2d``
 MaxPool            :mod:`xpcnn.kernels.fusion`)
+fused BatchNorm->  :mod:`.norm` (ReLU applied as the output is stored,      as ``batch_norm``
+ReLU               its sign masks ``dout`` in the backward)
 ================== ==================================================== =====================================
 
 Anything else falls back to the reference (:mod:`xpcnn.functional`).  Numba missing or failing to
@@ -46,6 +48,8 @@ def _register() -> None:
     ops.batch_norm.register(nd, NAME, norm.batch_norm_forward, norm.batch_norm_backward, norm.batch_norm_eligible)
     ops.optimizer_update.register(nd, NAME, updates.optimizer_update, None, updates.update_eligible)
     fusion.conv2d_relu_max_pool2d.register(nd, NAME, fused.fused_forward, fused.fused_backward, fused.fused_eligible)
+    fusion.batch_norm_relu.register(nd, NAME, norm.batch_norm_relu_forward, norm.batch_norm_relu_backward,
+                                    norm.batch_norm_eligible)
 
 
 _register()
