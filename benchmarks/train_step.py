@@ -164,7 +164,7 @@ def bench_steps(env: Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str, 
     rt = XpcnnTrainer(name, args.seed, "reference") if args.reference else None
     if rt is not None:
         cands.append(env.xcand("reference", stepper(rt, feed.xpcnn, r_losses)))
-    stats = env.compare(cands, calibrate=False)
+    stats = env.compare(cands, calibrate=False, run_length=args.run_length)
     # peak memory of one more step each (after the warm-up: caches, pools and scratch buffers exist)
     peaks = {"xpcnn": env.x_peak(lambda: xt.step(*feed.xpcnn(0))), "torch": env.t_peak(lambda: tt.step(*feed.torch(0)))}
     if rt is not None:
@@ -237,7 +237,9 @@ def bench_epoch(env: Env, name: str, x: np.ndarray, y: np.ndarray) -> dict[str, 
     with gc_disabled():
         for i in range(1, len(loader) + 1):
             times["xpcnn"].append(env.x_clock.measure(x_step, 1)[0])
-            times["torch"].append(env.t_clock.measure(t_step, 1)[0])
+            if i % args.run_length == 0 or i == len(loader):  # torch catches up after each run of xpcnn steps
+                for _ in range(len(times["xpcnn"]) - len(times["torch"])):
+                    times["torch"].append(env.t_clock.measure(t_step, 1)[0])
             if i % 100 == 0:
                 print(f"    {name} epoch: {i}/{len(loader)} batches, xpcnn {sum(times['xpcnn']):.1f} s, "
                       f"torch {sum(times['torch']):.1f} s", flush=True)
@@ -295,6 +297,8 @@ def epoch_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__doc__, repeats=30, warmup=5, quick_repeats=8, quick_warmup=2)
     parser.add_argument("--models", default="lenet5,wide", help=f"comma-separated, from {sorted(MODELS)}")
+    parser.add_argument("--run-length", type=int, default=1,
+                        help="consecutive steps per side per turn (default 1: xpcnn, torch, xpcnn, ...)")
     parser.add_argument("--epoch", action=argparse.BooleanOptionalAction, default=None,
                         help="time one full MNIST epoch of LeNet-5 (default: on, off with --quick)")
     parser.add_argument("--epoch-wide", action="store_true", help="also time one full epoch of the wide net")

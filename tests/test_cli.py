@@ -286,6 +286,10 @@ def test_info_in_process():
 
     assert result["kernel_mode"] == kernels.kernel_mode()
     assert result["kernel_sets"] == kernels.active_sets()
+    if kernels.active_sets().get("numba_cpu") == "loaded":  # which GEMM the numba_cpu convolutions use
+        from xpcnn.kernels.numba_cpu import blas
+
+        assert (blas.LIBRARY in result["numba_cpu_gemm"]) if blas.AVAILABLE else "np.matmul" in result["numba_cpu_gemm"]
 
 
 def test_python_m_xpcnn_info():

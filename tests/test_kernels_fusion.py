@@ -29,8 +29,11 @@ def test_plan_fuses_exactly_conv_relu_maxpool():
                        L.Conv2D(2, 2, 3, rng=0), L.ReLU(), L.AvgPool2D(2),       # not max pooling
                        L.Conv2D(2, 2, 1, rng=0), L.ReLU())                       # incomplete
     assert unit_kinds(other) == ["Conv2D", "LeakyReLU", "MaxPool2D", "Conv2D", "ReLU", "AvgPool2D", "Conv2D", "ReLU"]
-    bn = models.bn_cnn(rng=0)  # Conv -> BN -> ReLU -> pool: nothing to fuse
-    assert "FusedConvReluPool" not in unit_kinds(bn)
+    bn = models.bn_cnn(rng=0)  # Conv -> BN -> ReLU -> pool: the batch norm and the ReLU fuse
+    assert unit_kinds(bn) == ["Conv2D", "FusedBatchNormReLU", "MaxPool2D", "Conv2D", "FusedBatchNormReLU", "MaxPool2D",
+                              "Flatten", "Dropout", "Dense", "FusedBatchNormReLU", "Dropout", "Dense"]
+    loose = Sequential(L.BatchNorm2D(2), L.LeakyReLU(), L.BatchNorm2D(2), L.Dropout(0.1), L.ReLU(), L.BatchNorm2D(2))
+    assert unit_kinds(loose) == ["BatchNorm2D", "LeakyReLU", "BatchNorm2D", "Dropout", "ReLU", "BatchNorm2D"]
 
 
 def test_fusion_is_off_in_reference_mode_and_when_disabled():
@@ -154,3 +157,63 @@ def test_nested_sequentials_fuse_inside_and_never_across_their_boundary():
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=0, atol=1e-6 * float(np.abs(results[1][0]).max()))
     for key, g in results[1][1].items():
         np.testing.assert_allclose(results[0][1][key], g, rtol=0, atol=1e-5 * float(np.abs(g).max()), err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["bn", "resnet8"])
+def test_fused_batch_norm_relu_matches_unfused_and_reference(name):
+    """Train step (outputs, every gradient, running statistics), then eval mode: fused = unfused bit for bit
+    on the fast set, and within float32 rounding of the reference kernels."""
+    pytest.importorskip("numba", reason="numba is not installed: the fused kernel is numba_cpu's")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((9, 1, 28, 28)).astype(np.float32)
+    dout = rng.standard_normal((9, 10)).astype(np.float32)
+    results = {}
+    for label, mode, fused in (("fused", "fast", True), ("unfused", "fast", False), ("reference", "reference", False)):
+        model = models.build(name, rng=3)
+        model.set_rng(7)  # the same dropout masks
+        with kernels.using_kernels(mode), fusion.using_fusion(fused):
+            kinds = [type(u).__name__ for u in fusion.forward_units(model)]
+            assert ("FusedBatchNormReLU" in kinds) == fused
+            out, _, grads = run_step(model, x, dout)
+            evaluated = np.array(model.forward(x, train=False))
+        state = {k: np.array(B.to_numpy(v)) for k, v in model.state_dict().items()}
+        results[label] = (out, evaluated, grads, state)
+    for other, tol in (("unfused", 0.0), ("reference", 1e-5)):
+        for a, b in zip(results["fused"][:2], results[other][:2]):
+            assert float(np.max(np.abs(a - b))) <= tol * float(np.max(np.abs(b))), other
+        for which in (2, 3):
+            fused_arrays, arrays = results["fused"][which], results[other][which]
+            assert fused_arrays.keys() == arrays.keys()
+            for key in arrays:
+                err = float(np.max(np.abs(fused_arrays[key] - arrays[key])))
+                assert err <= tol * max(float(np.max(np.abs(arrays[key]))), 1.0), (other, key, err)
+
+
+def test_fused_batch_norm_relu_unit_runs_a_synchronised_batch_norm_unfused():
+    """A batch norm with ``sync`` set (data parallelism) must run its sync op: the pair is not fused then."""
+    calls = []
+
+    class Probe:
+        def forward(self, *args):
+            calls.append("forward")
+            return kernels.batch_norm.forward(*args)
+
+        def backward(self, dout, cache):
+            calls.append("backward")
+            return kernels.batch_norm.backward(dout, cache)
+
+    norm, relu = L.BatchNorm2D(3), L.ReLU()
+    unit = fusion.FusedBatchNormReLU(norm, relu)
+    x = np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype(np.float32)
+    norm.sync = Probe()
+    y = unit.forward(x, train=True)
+    dx = unit.backward(np.ones_like(y))
+    assert calls == ["forward", "backward"]
+    norm.sync = None
+    y2 = unit.forward(x, train=True)
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_allclose(unit.backward(np.ones_like(y2)), dx, rtol=0, atol=1e-6)
+    with pytest.raises(RuntimeError, match="before forward"):
+        fusion.FusedBatchNormReLU(L.BatchNorm2D(3), L.ReLU()).backward(np.ones_like(y))
+    with pytest.raises(ValueError, match="channels"):
+        unit.forward(np.zeros((4, 2, 5, 5), np.float32), train=True)

@@ -292,3 +292,61 @@ def test_nan_propagates_through_pooling_like_the_reference(numba_cpu):
     assert np.isnan(out["fast"][0]).sum() == 2
     y, _ = numba_cpu.pool.max_pool2d_forward(x - 100, g, relu=True)  # ReLU keeps NaN, clamps the rest to 0
     assert np.isnan(y).sum() == 2 and np.all(y[~np.isnan(y)] == 0)
+
+
+# ------------------------------------------------------------------------------------------- whole shares
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_whole_shares_equal_the_per_block_path(numba_cpu, monkeypatch, dtype, workers):
+    """BLAS called from inside Numba (one compiled call per thread) gives bitwise the per-block np.matmul results."""
+    conv, fused, blas = numba_cpu.conv, numba_cpu.fused, pytest.importorskip("xpcnn.kernels.numba_cpu.blas")
+    if not blas.AVAILABLE:
+        pytest.skip("no OpenBLAS bundled with this NumPy: the whole-share path is not used here")
+    rng = np.random.default_rng(11)
+    results = {}
+    for shares in (False, True):
+        monkeypatch.setattr(conv, "WHOLE_SHARES", shares)
+        out = []
+        for case in conv_cases(4, 12)[:6]:
+            x = rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(dtype)
+            W = rng.standard_normal((case["F"], case["C"], *case["K"])).astype(dtype)
+            b = rng.standard_normal(case["F"]).astype(dtype) if case["bias"] else None
+            with numba_cpu.threads.using_workers(workers):
+                for relu in (False, True):
+                    y, c = conv.conv2d_forward(x, W, b, case["s"], case["p"], case["d"], relu=relu)
+                    out += [y, *(g for g in conv.conv2d_backward(np.cos(y), c, True))]
+                    out += [g for g in conv.conv2d_backward(np.cos(y), c, False) if g is not None]
+                if min(y.shape[2:]) >= 2:
+                    g = pool_geometry(y.shape, 2)
+                    z, zc = fused.fused_forward(x, W, b, case["s"], case["p"], case["d"], g)
+                    out += [z, zc.argmax, *fused.fused_backward(np.sin(z), zc, True)]
+        results[shares] = out
+        rng = np.random.default_rng(11)
+    assert len(results[True]) == len(results[False]) > 40
+    for per_block, share in zip(results[False], results[True]):
+        assert per_block.dtype == share.dtype and per_block.tobytes() == share.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(16, 8, 5, 5), (32, 12), (7, 5, 3, 4)])
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_norm_relu_matches_the_composed_reference(numba_cpu, shape, train, dtype):
+    from xpcnn.kernels import fusion
+
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(shape).astype(dtype)
+    C = shape[1]
+    gamma, beta = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    out = {}
+    for mode in ("fast", "reference"):
+        rm, rv = rng.standard_normal(C).astype(dtype) * 0 + 0.5, np.full(C, 2.0, dtype)
+        with kernels.using_kernels(mode):
+            impl = fusion.batch_norm_relu.implementation(x, gamma, beta, rm, rv, train, 0.1, 1e-5)
+            assert impl == (NAME if mode == "fast" else "reference")
+            y, cache = fusion.batch_norm_relu.forward(x, gamma, beta, rm, rv, train, 0.1, 1e-5)
+            out[mode] = (y, *fusion.batch_norm_relu.backward(dout, cache), rm, rv)
+    assert np.all(out["fast"][0] >= 0) and np.any(out["fast"][0] == 0)
+    for name, f, r in zip(("y", "dx", "dgamma", "dbeta", "running_mean", "running_var"), out["fast"], out["reference"]):
+        close(f, r, dtype, name)

@@ -40,6 +40,10 @@ def info() -> dict[str, Any]:
         result.setdefault("kernel_mode", f"error: {exc}")
         result["kernel_error"] = str(exc)
     result["kernel_sets"] = kernels.active_sets()
+    blas_binding = sys.modules.get("xpcnn.kernels.numba_cpu.blas")
+    if blas_binding is not None:  # how the numba_cpu convolutions multiply
+        result["numba_cpu_gemm"] = (f"{blas_binding.LIBRARY} called from Numba ({blas_binding.INT_BITS}-bit ints)"
+                                    if blas_binding.AVAILABLE else "np.matmul per block (no bundled OpenBLAS found)")
     result["available_backends"] = B.available_backends()
     for mod in ("cupy", "torch", "array_api_strict"):
         try:

@@ -71,9 +71,9 @@ class Env:
     def t_peak(self, fn: Callable[[], Any]) -> int | None:
         return memory.peak_bytes(fn, "torch", self.args.device)
 
-    def compare(self, candidates: Sequence[Candidate], calibrate: bool = True) -> dict[str, Stats]:
+    def compare(self, candidates: Sequence[Candidate], calibrate: bool = True, run_length: int = 1) -> dict[str, Stats]:
         return compare(candidates, repeats=self.args.repeats, warmup=self.args.warmup,
-                       min_sample_s=self.args.min_sample_ms / 1e3, calibrate=calibrate)
+                       min_sample_s=self.args.min_sample_ms / 1e3, calibrate=calibrate, run_length=run_length)
 
     def memory_methods(self) -> dict[str, str]:
         return {"xpcnn": memory.MEMORY_METHODS.get((self.lib, self.x_device), "n/a"),

@@ -155,12 +155,15 @@ def gc_disabled() -> Iterator[None]:
 
 
 def compare(candidates: Sequence[Candidate], *, repeats: int, warmup: int, min_sample_s: float = 0.0,
-            calibrate: bool = True) -> dict[str, Stats]:
+            calibrate: bool = True, run_length: int = 1) -> dict[str, Stats]:
     """Time the candidates interleaved (A, B, A, B, ...) and return their :class:`Stats` by name.
 
     ``warmup`` untimed rounds come first; on CUDA (``min_sample_s > 0`` and ``calibrate``) the last
     warm-up call sets how many calls one sample makes.  Pass ``calibrate=False`` for stateful functions
-    (training steps) that must run exactly once per sample.
+    (training steps) that must run exactly once per sample.  ``run_length`` > 1 times that many
+    consecutive samples of a candidate per turn (A, A, A, B, B, B, ...; ``repeats`` samples in all):
+    libraries whose idle threads keep spinning after a call (PyTorch's OpenMP pool) then slow the other
+    candidate only at the first sample of its turn, not at every one.
     """
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
@@ -176,12 +179,13 @@ def compare(candidates: Sequence[Candidate], *, repeats: int, warmup: int, min_s
     walls: dict[str, list[float]] = {n: [] for n in names}
     devs: dict[str, list[float]] = {n: [] for n in names}
     with gc_disabled():
-        for _ in range(repeats):
+        for start in range(0, repeats, run_length):
             for c in candidates:
-                wall, dev = c.clock.measure(c.fn, number[c.name])
-                walls[c.name].append(wall / number[c.name])
-                if dev is not None:
-                    devs[c.name].append(dev / number[c.name])
+                for _ in range(min(run_length, repeats - start)):
+                    wall, dev = c.clock.measure(c.fn, number[c.name])
+                    walls[c.name].append(wall / number[c.name])
+                    if dev is not None:
+                        devs[c.name].append(dev / number[c.name])
     return {n: Stats(walls[n], number[n], devs[n] or None) for n in names}
 
 

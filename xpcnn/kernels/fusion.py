@@ -1,12 +1,16 @@
-"""Fusion planned by the model: ``Conv2D -> ReLU -> MaxPool2D`` run as one op where a kernel set has it.
+"""Fusion planned by the model: ``Conv2D -> ReLU -> MaxPool2D`` and ``BatchNorm -> ReLU`` run as one op
+where a kernel set has it.
 
 A :class:`~xpcnn.model.Sequential` asks :func:`forward_units` for the units to run: its own layers,
 except that each run of exactly ``Conv2D, ReLU, MaxPool2D`` among its *direct* children becomes one
-:class:`FusedConvReluPool` unit.  A nested Sequential plans its own children, so a pattern that
-crosses a composite's boundary is never fused (it runs layer by layer).  The unit calls the op
-:data:`conv2d_relu_max_pool2d` through the seam: a fast kernel set (``numba_cpu``) computes the three
-in one pass per block of samples; elsewhere its reference runs the three ops one after another
-(each through the seam), so any backend works.
+:class:`FusedConvReluPool` unit, and each ``BatchNorm1D``/``BatchNorm2D, ReLU`` pair one
+:class:`FusedBatchNormReLU` unit (the batch norm's output is then never stored on its own: one activation
+less per pair, and one pass less; a batch norm synchronised over ranks is run unfused).  A nested
+Sequential plans its own children, so a pattern that crosses a composite's boundary is never fused (it
+runs layer by layer).  The units call the ops :data:`conv2d_relu_max_pool2d` and :data:`batch_norm_relu`
+through the seam: a fast kernel set (``numba_cpu``) computes each in one pass (per block of samples, per
+feature); elsewhere their references run the ops one after another (each through the seam), so any
+backend works.
 
 A grouped convolution, or a layer whose ``forward`` or ``backward`` was replaced on the instance (a probe,
 a hook), is never fused.
@@ -31,8 +35,8 @@ from typing import Any
 from . import ops
 from .registry import Op, kernel_mode
 
-__all__ = ["FusedConvReluPool", "backward_units", "conv2d_relu_max_pool2d", "forward_units", "fusion_enabled",
-           "plan", "using_fusion"]
+__all__ = ["FusedBatchNormReLU", "FusedConvReluPool", "backward_units", "batch_norm_relu", "conv2d_relu_max_pool2d",
+           "forward_units", "fusion_enabled", "plan", "using_fusion"]
 
 
 def _composed_forward(x: Any, W: Any, b: Any, stride: Any, padding: Any, dilation: Any,
@@ -53,6 +57,22 @@ def _composed_backward(dout: Any, cache: tuple[Any, Any, Any], need_dx: bool = T
 
 #: the fused op: ``y = max_pool2d(relu(conv2d(x, W, b)))``; ``backward -> (dx, dW, db)``
 conv2d_relu_max_pool2d = Op("conv2d_relu_max_pool2d", _composed_forward, _composed_backward)
+
+def _bn_relu_forward(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any, train: bool,
+                     momentum: float, eps: float) -> tuple[Any, Any]:
+    """Batch norm then ReLU (each dispatched on its own): the fused op's reference."""
+    y, bn_cache = ops.batch_norm.forward(x, gamma, beta, running_mean, running_var, train, momentum, eps)
+    y, relu_cache = ops.relu.forward(y)
+    return y, (bn_cache, relu_cache)
+
+
+def _bn_relu_backward(dout: Any, cache: tuple[Any, Any]) -> Any:
+    bn_cache, relu_cache = cache
+    return ops.batch_norm.backward(ops.relu.backward(dout, relu_cache), bn_cache)
+
+
+#: the fused op: ``y = relu(batch_norm(x, ...))`` (``batch_norm``'s arguments); ``backward -> (dx, dgamma, dbeta)``
+batch_norm_relu = Op("batch_norm_relu", _bn_relu_forward, _bn_relu_backward)
 
 _ENV_ENABLED: bool | None = None
 _override: contextvars.ContextVar[bool | None] = contextvars.ContextVar("xpcnn_fusion", default=None)
@@ -129,9 +149,51 @@ class FusedConvReluPool:
         return f"Fused({self.conv!r}, {self.relu!r}, {self.pool!r})"
 
 
+class FusedBatchNormReLU:
+    """``BatchNorm1D/2D -> ReLU`` as one unit of a Sequential's plan: x -> y of the same shape.
+
+    The batch norm layer keeps its parameters, running statistics and checks; the unit's backward fills
+    its ``grads``.  In train mode with a synchronised batch norm (``layer.sync``, data parallelism) the
+    two layers run one after the other.
+    """
+
+    def __init__(self, norm: Any, relu: Any) -> None:
+        self.norm, self.relu = norm, relu
+        self._cache: Any = None
+        self._unfused = False
+
+    @property
+    def layers(self) -> tuple[Any, Any]:
+        return self.norm, self.relu
+
+    def forward(self, x: Any, train: bool = False) -> Any:
+        norm = self.norm
+        self._unfused = train and norm.sync is not None
+        if self._unfused:
+            return self.relu.forward(norm.forward(x, train=True), train=True)
+        norm._check_batch(x, train)
+        y, cache = batch_norm_relu.forward(x, norm.params["gamma"], norm.params["beta"], norm.buffers["running_mean"],
+                                           norm.buffers["running_var"], train, norm.momentum, norm.eps)
+        self._cache = cache if train else None
+        for layer in self.layers:  # a stale layer cache must not pair with this forward
+            layer._cache = None
+        return y
+
+    def backward(self, dout: Any) -> Any:
+        if self._unfused:
+            return self.norm.backward(self.relu.backward(dout))
+        if self._cache is None:
+            raise RuntimeError(f"{type(self.norm).__name__}/ReLU backward called before forward(x, train=True)")
+        dx, self.norm.grads["gamma"], self.norm.grads["beta"] = batch_norm_relu.backward(dout, self._cache)
+        return dx
+
+    def __repr__(self) -> str:
+        return f"Fused({self.norm!r}, {self.relu!r})"
+
+
 def plan(layers: Sequence[Any]) -> list[Any]:
-    """The units to run for a list of layers: fused triples where the exact pattern occurs, else the layers."""
-    from ..layers import Conv2D, MaxPool2D, ReLU
+    """The units to run for a list of layers: fused groups where an exact pattern occurs, else the layers."""
+    from ..layers import BatchNorm1D, BatchNorm2D, Conv2D, MaxPool2D, ReLU
 
     units: list[Any] = []
     i = 0
@@ -141,6 +203,10 @@ def plan(layers: Sequence[Any]) -> list[Any]:
                 and getattr(a[0], "groups", 1) == 1 and not any(map(_patched, a))):
             units.append(FusedConvReluPool(*a))
             i += 3
+        elif (len(a) >= 2 and type(a[0]) in (BatchNorm1D, BatchNorm2D) and type(a[1]) is ReLU
+              and not any(map(_patched, a[:2]))):
+            units.append(FusedBatchNormReLU(a[0], a[1]))
+            i += 2
         else:
             units.append(layers[i])
             i += 1

@@ -31,15 +31,19 @@ class _BatchNorm(Layer):
         self._cache: Any = None
         self._op: Any = kernels.batch_norm
 
-    def forward(self, x: Any, train: bool = False) -> Any:
+    def _check_batch(self, x: Any, train: bool) -> None:
+        """x has this layer's layout and feature count (and, in train mode, more than one value per feature)."""
         self._check_input(x, self._ndim, self._layout)
         if x.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__}({self.num_features}) got {x.shape[1]} channels/features "
                              f"(input shape {tuple(x.shape)})")
-        op = self.sync if train and self.sync is not None else kernels.batch_norm
-        if op is kernels.batch_norm and train and x.shape[0] * (x.shape[2] * x.shape[3] if x.ndim == 4 else 1) < 2:
+        if train and self.sync is None and x.shape[0] * (x.shape[2] * x.shape[3] if x.ndim == 4 else 1) < 2:
             raise ValueError(f"batch norm in train mode needs more than one value per feature, got x of shape "
                              f"{tuple(x.shape)}")
+
+    def forward(self, x: Any, train: bool = False) -> Any:
+        self._check_batch(x, train)
+        op = self.sync if train and self.sync is not None else kernels.batch_norm
         y, cache = op.forward(x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
                               self.buffers["running_var"], train, self.momentum, self.eps)
         self._cache, self._op = (cache, op) if train else (None, op)

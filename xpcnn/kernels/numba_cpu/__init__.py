@@ -14,11 +14,16 @@ op                 module                                               eligible
 ``optimizer_update`` :mod:`.updates` (in place)                         contiguous writable float arrays
 fused Conv->ReLU-> :mod:`.fused` (one pass per block; planned by         as ``conv2d`` and ``max_pool2d``
 MaxPool            :mod:`xpcnn.kernels.fusion`)
+fused BatchNorm->  :mod:`.norm` (ReLU applied as the output is stored,      as ``batch_norm``
+ReLU               its sign masks ``dout`` in the backward)
 ================== ==================================================== =====================================
 
 Anything else falls back to the reference (:mod:`xpcnn.functional`).  Numba missing or failing to
 import raises ImportError here, which the registry announces once before using the reference.
 Threads: :mod:`.threads` (the BLAS thread limit decides; results are bitwise the same for any count).
+GEMM: :mod:`.blas` lets the convolution kernels call NumPy's bundled OpenBLAS from inside Numba, so each
+thread runs its whole share of blocks in one compiled call (``xpcnn info`` shows ``numba_cpu_gemm``);
+without a bundled OpenBLAS they call ``np.matmul`` per block, with the same results.
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fusion, ops
-from . import conv, fused, norm, pool, threads, updates
+from . import blas, conv, fused, norm, pool, threads, updates
 from ._jit import CACHE, CACHE_PROBLEM
 
-__all__ = ["CACHE", "CACHE_PROBLEM", "NAME", "conv", "fused", "norm", "pool", "threads", "updates"]
+__all__ = ["CACHE", "CACHE_PROBLEM", "NAME", "blas", "conv", "fused", "norm", "pool", "threads", "updates"]
 
 #: the kernel set's name on the seam (``xpcnn.kernels.active_sets()``)
 NAME = "numba_cpu"
@@ -43,6 +48,8 @@ def _register() -> None:
     ops.batch_norm.register(nd, NAME, norm.batch_norm_forward, norm.batch_norm_backward, norm.batch_norm_eligible)
     ops.optimizer_update.register(nd, NAME, updates.optimizer_update, None, updates.update_eligible)
     fusion.conv2d_relu_max_pool2d.register(nd, NAME, fused.fused_forward, fused.fused_backward, fused.fused_eligible)
+    fusion.batch_norm_relu.register(nd, NAME, norm.batch_norm_relu_forward, norm.batch_norm_relu_backward,
+                                    norm.batch_norm_eligible)
 
 
 _register()

@@ -15,7 +15,13 @@ Per block (one BLAS GEMM per product):
               dcol = Wm^T @ dmat         -> col2im (Numba) straight into dx[n0 : n0+nb]
 
 Blocks run on the worker threads of :mod:`.threads`; ``dW`` and ``db`` are the per-block partials added
-in block order, so the result does not depend on the thread count.  The forward cache holds ``x`` and
+in block order, so the result does not depend on the thread count.  Where :mod:`.blas` found NumPy's
+OpenBLAS, the GEMMs are called from inside Numba and each thread runs its share of blocks (``t, t + n,
+...``) in one compiled call (``_forward_share``, ``_backward_share``): the GIL is taken once per thread
+per op instead of several times per block, which is what kept a second thread from helping on small
+layers.  Otherwise each block is driven from Python with ``np.matmul``; the results are the same bits.
+
+The forward cache holds ``x`` and
 ``W`` (no column matrix).
 """
 
@@ -28,7 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import threads
+from . import blas, threads
 from ._jit import jit, jit_sum
 
 __all__ = ["ConvCache", "ConvPlan", "backward_blocks", "conv2d_backward", "conv2d_forward", "conv_eligible",
@@ -160,6 +166,61 @@ def _gather_dout(doutf, F, L, n0, nb, dmatf, dbias):  # pragma: no cover - compi
         dbias[f] = acc
 
 
+# ----------------------------------------------------------------------------------- whole shares
+
+# With :mod:`.blas` available, each thread runs its share of blocks (``first, first + step, ...``) in one
+# compiled call: the GIL is taken once per thread per op instead of several times per block.
+
+@jit
+def _forward_product(xf, Wf, n0, m, C, H, W, F, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, colf,
+                     outf):  # pragma: no cover - compiled
+    """A block's forward product: its columns, then ``out = Wm @ col`` (flat ``(F, m*L)``)."""
+    K = C * KH * KW
+    L = OH * OW
+    _im2col_block(xf, C, H, W, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, colf)
+    blas.gemm(False, False, F, m * L, K, Wf, K, colf, m * L, outf, m * L)
+
+
+@jit
+def _forward_share(xf, Wf, bias, has_bias, relu, N, nb_max, first, step, C, H, W, F, KH, KW, sh, sw, ph, pw,
+                   dh, dw, OH, OW, colf, outf, yf):  # pragma: no cover - compiled
+    """Conv forward of blocks ``first, first + step, ...``: :func:`_forward_product`, then :func:`_epilogue`."""
+    for k in range(first, (N + nb_max - 1) // nb_max, step):
+        n0 = k * nb_max
+        m = min(nb_max, N - n0)
+        _forward_product(xf, Wf, n0, m, C, H, W, F, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, colf, outf)
+        _epilogue(outf, bias, has_bias, relu, F, OH * OW, n0, m, yf)
+
+
+@jit
+def _backward_products(xf, Wf, k, n0, m, C, H, W, F, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dmatf, colf,
+                       dcolf, dwt_parts, need_dx, dxf):  # pragma: no cover - compiled
+    """A block's products once its ``dmat`` is filled: ``dW_k^T = col @ dmat^T``, ``dx`` via ``Wm^T @ dmat``."""
+    K = C * KH * KW
+    L = OH * OW
+    _im2col_block(xf, C, H, W, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, colf)
+    blas.gemm(False, True, K, F, m * L, colf, m * L, dmatf, m * L, dwt_parts[k], F)
+    if need_dx:
+        blas.gemm(True, False, K, m * L, F, Wf, K, dmatf, m * L, dcolf, m * L)
+        _col2im_block(dcolf, C, H, W, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dxf)
+
+
+@jit
+def _backward_share(xf, Wf, doutf, yf, relu, N, nb_max, first, step, C, H, W, F, KH, KW, sh, sw, ph, pw, dh, dw,
+                    OH, OW, dmatf, colf, dcolf, dwt_parts, db_parts, need_dx, dxf):  # pragma: no cover - compiled
+    """Conv backward of blocks ``first, first + step, ...`` (``relu``: through a fused ReLU, ``yf`` its output)."""
+    L = OH * OW
+    for k in range(first, (N + nb_max - 1) // nb_max, step):
+        n0 = k * nb_max
+        m = min(nb_max, N - n0)
+        if relu:
+            _gather_dout_relu(doutf, yf, F, L, n0, m, dmatf, db_parts[k])
+        else:
+            _gather_dout(doutf, F, L, n0, m, dmatf, db_parts[k])
+        _backward_products(xf, Wf, k, n0, m, C, H, W, F, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dmatf, colf,
+                           dcolf, dwt_parts, need_dx, dxf)
+
+
 # ----------------------------------------------------------------------------------- block buffers
 
 _local = threading.local()
@@ -233,14 +294,32 @@ def make_plan(x: np.ndarray, W: np.ndarray, stride: tuple[int, int], padding: tu
     return ConvPlan(N, C, H, Wd, F, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, nb)
 
 
+#: whether ops run each thread's blocks in one compiled call (needs :mod:`.blas`); tests switch it off
+#: to check the per-block path, which is used where NumPy's BLAS cannot be called from Numba
+WHOLE_SHARES = blas.AVAILABLE
+
+#: ``share(first, step, col, out)``: run blocks ``first, first + step, ...`` with the thread's scratch
+ForwardShare = Callable[[int, int, np.ndarray, np.ndarray], None]
+
+
 def forward_blocks(x: np.ndarray, W: np.ndarray, plan: ConvPlan,
-                   epilogue: Callable[[int, int, np.ndarray], None]) -> None:
+                   epilogue: Callable[[int, int, np.ndarray], None], share: ForwardShare | None = None) -> None:
     """For every block: columns (Numba), ``out = Wm @ col`` (BLAS), then ``epilogue(n0, nb, out)``.
 
-    ``out: (F, nb*L)``, column ``s*L + l`` for sample ``n0 + s`` and output pixel ``l``.
+    ``out: (F, nb*L)``, column ``s*L + l`` for sample ``n0 + s`` and output pixel ``l``.  With
+    :data:`WHOLE_SHARES`, ``share`` does the same for a thread's whole share of blocks in one call.
     """
     p = plan
     K, L = p.K, p.L
+    n_blocks = -(-p.N // p.block)
+    if share is not None and WHOLE_SHARES:
+        def run_share(first: int, step: int) -> None:
+            share(first, step, _scratch("col", (K * p.block * L,), x.dtype),
+                  _scratch("out", (p.F * p.block * L,), x.dtype))
+
+        with threads.blas_single_thread():
+            threads.run_shares(run_share, n_blocks)
+        return
     Wm = W.reshape(p.F, K)
     xf = x.reshape(-1)
 
@@ -254,14 +333,20 @@ def forward_blocks(x: np.ndarray, W: np.ndarray, plan: ConvPlan,
         epilogue(n0, m, out)
 
     with threads.blas_single_thread():
-        threads.run_blocks(block, -(-p.N // p.block))
+        threads.run_blocks(block, n_blocks)
+
+
+#: ``share(first, step, dmat, col, dcol, dwt_parts, db_parts, dxf)`` (``dxf`` a 1-element dummy without dx)
+BackwardShare = Callable[..., None]
 
 
 def backward_blocks(x: np.ndarray, W: np.ndarray, plan: ConvPlan,
                     fill: Callable[[int, int, np.ndarray, np.ndarray], None],
-                    need_dx: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+                    need_dx: bool, share: BackwardShare | None = None
+                    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """``(dx, dW, db)`` where ``fill(n0, nb, dmat, db_part)`` writes the block's output gradient as
-    ``dmat: (F, nb*L)`` and its bias-gradient partial ``db_part: (F,)`` (float64)."""
+    ``dmat: (F, nb*L)`` and its bias-gradient partial ``db_part: (F,)`` (float64).  With
+    :data:`WHOLE_SHARES`, ``share`` runs a thread's whole share of blocks (fill and products) in one call."""
     p = plan
     K, L, F = p.K, p.L, p.F
     dtype = x.dtype
@@ -272,6 +357,18 @@ def backward_blocks(x: np.ndarray, W: np.ndarray, plan: ConvPlan,
     dx = np.empty((p.N, p.C, p.H, p.W), dtype=dtype) if need_dx else None
     xf = x.reshape(-1)
     dxf = dx.reshape(-1) if dx is not None else None
+
+    if share is not None and WHOLE_SHARES:
+        dx_target = dxf if dxf is not None else np.zeros(1, dtype=dtype)
+
+        def run_share(first: int, step: int) -> None:
+            size = p.block * L
+            share(first, step, _scratch("dmat", (F * size,), dtype), _scratch("col", (K * size,), dtype),
+                  _scratch("dcol", (K * size,), dtype), dWt_parts, db_parts, dx_target)
+
+        with threads.blas_single_thread():
+            threads.run_shares(run_share, n_blocks)
+        return dx, _dw_from_parts(dWt_parts, p), _sum_blocks(db_parts).astype(dtype)
 
     def block(k: int) -> None:
         n0 = k * p.block
@@ -288,9 +385,12 @@ def backward_blocks(x: np.ndarray, W: np.ndarray, plan: ConvPlan,
 
     with threads.blas_single_thread():
         threads.run_blocks(block, n_blocks)
-    dW = np.ascontiguousarray(_sum_blocks(dWt_parts).T).reshape(F, p.C, p.KH, p.KW)
-    db = _sum_blocks(db_parts).astype(dtype)
-    return dx, dW, db
+    return dx, _dw_from_parts(dWt_parts, p), _sum_blocks(db_parts).astype(dtype)
+
+
+def _dw_from_parts(dWt_parts: np.ndarray, p: ConvPlan) -> np.ndarray:
+    """dW: (F, C, KH, KW) from the per-block partials of dW^T, added in block order."""
+    return np.ascontiguousarray(_sum_blocks(dWt_parts).T).reshape(p.F, p.C, p.KH, p.KW)
 
 
 def _sum_blocks(parts: np.ndarray) -> np.ndarray:
@@ -348,7 +448,11 @@ def conv2d_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: t
     def epilogue(n0: int, m: int, out: np.ndarray) -> None:
         _epilogue(out.reshape(-1), bias, b is not None, relu, p.F, p.L, n0, m, yf)
 
-    forward_blocks(x, W, p, epilogue)
+    def share(first: int, step: int, col: np.ndarray, out: np.ndarray) -> None:
+        _forward_share(x.reshape(-1), W.reshape(-1), bias, b is not None, relu, p.N, p.block, first, step, p.C,
+                       p.H, p.W, p.F, *p.taps(), col, out, yf)
+
+    forward_blocks(x, W, p, epilogue, share)
     return y, ConvCache(x, W, p, y if relu else None)
 
 
@@ -382,4 +486,10 @@ def conv2d_backward(dout: np.ndarray, cache: ConvCache,
         else:
             _gather_dout_relu(df, yf, p.F, p.L, n0, m, dmat.reshape(-1), db_part)
 
-    return backward_blocks(cache.x, cache.W, p, fill, need_dx)
+    def share(first: int, step: int, dmat: np.ndarray, col: np.ndarray, dcol: np.ndarray, dwt_parts: np.ndarray,
+              db_parts: np.ndarray, dxf: np.ndarray) -> None:
+        _backward_share(cache.x.reshape(-1), cache.W.reshape(-1), df, yf if yf is not None else df, yf is not None,
+                        p.N, p.block, first, step, p.C, p.H, p.W, p.F, *p.taps(), dmat, col, dcol, dwt_parts,
+                        db_parts, need_dx, dxf)
+
+    return backward_blocks(cache.x, cache.W, p, fill, need_dx, share)

@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from ._jit import jit
-from .conv import ConvPlan, backward_blocks, conv_eligible, forward_blocks, make_plan
+from .conv import (
+    ConvPlan,
+    _backward_products,
+    _forward_product,
+    backward_blocks,
+    conv_eligible,
+    forward_blocks,
+    make_plan,
+)
 from .pool import first_max4, pool_eligible
 
 __all__ = ["FusedCache", "fused_backward", "fused_eligible", "fused_forward"]
@@ -105,6 +113,30 @@ def _pool_fill(doutf, yf, idxf, F, OH, OW, KW, sh, sw, ph, pw, POH, POW, n0, nb,
         dbias[f] = acc
 
 
+@jit
+def _forward_share(xf, Wf, bias, has_bias, N, nb_max, first, step, C, H, W, F, KH, KW, sh, sw, ph, pw, dh, dw, OH,
+                   OW, PKH, PKW, psh, psw, pph, ppw, POH, POW, colf, outf, yf, idxf):  # pragma: no cover - compiled
+    """Fused forward of blocks ``first, first + step, ...``: the conv product, then :func:`_pool_epilogue`."""
+    for k in range(first, (N + nb_max - 1) // nb_max, step):
+        n0 = k * nb_max
+        m = min(nb_max, N - n0)
+        _forward_product(xf, Wf, n0, m, C, H, W, F, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, colf, outf)
+        _pool_epilogue(outf, bias, has_bias, F, OH, OW, PKH, PKW, psh, psw, pph, ppw, POH, POW, n0, m, yf, idxf)
+
+
+@jit
+def _backward_share(xf, Wf, doutf, yf, idxf, N, nb_max, first, step, C, H, W, F, KH, KW, sh, sw, ph, pw, dh, dw,
+                    OH, OW, PKW, psh, psw, pph, ppw, POH, POW, dmatf, colf, dcolf, dwt_parts, db_parts, need_dx,
+                    dxf):  # pragma: no cover - compiled
+    """Fused backward of blocks ``first, first + step, ...``: :func:`_pool_fill`, then the conv products."""
+    for k in range(first, (N + nb_max - 1) // nb_max, step):
+        n0 = k * nb_max
+        m = min(nb_max, N - n0)
+        _pool_fill(doutf, yf, idxf, F, OH, OW, PKW, psh, psw, pph, ppw, POH, POW, n0, m, dmatf, db_parts[k])
+        _backward_products(xf, Wf, k, n0, m, C, H, W, F, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dmatf, colf,
+                           dcolf, dwt_parts, need_dx, dxf)
+
+
 @dataclass(frozen=True)
 class FusedCache:
     x: np.ndarray          # conv input (N, C, H, W)
@@ -139,7 +171,11 @@ def fused_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: tu
     def epilogue(n0: int, m: int, out: np.ndarray) -> None:
         _pool_epilogue(out.reshape(-1), bias, b is not None, p.F, p.OH, p.OW, *dims, n0, m, yf, idxf)
 
-    forward_blocks(x, W, p, epilogue)
+    def share(first: int, step: int, col: np.ndarray, out: np.ndarray) -> None:
+        _forward_share(x.reshape(-1), W.reshape(-1), bias, b is not None, p.N, p.block, first, step, p.C, p.H, p.W,
+                       p.F, *p.taps(), *dims, col, out, yf, idxf)
+
+    forward_blocks(x, W, p, epilogue, share)
     return y, FusedCache(x, W, p, g, y, idx)
 
 
@@ -154,4 +190,9 @@ def fused_backward(dout: np.ndarray, cache: FusedCache,
     def fill(n0: int, m: int, dmat: np.ndarray, db_part: np.ndarray) -> None:
         _pool_fill(df, yf, idxf, p.F, p.OH, p.OW, *dims, n0, m, dmat.reshape(-1), db_part)
 
-    return backward_blocks(cache.x, cache.W, p, fill, need_dx)
+    def share(first: int, step: int, dmat: np.ndarray, col: np.ndarray, dcol: np.ndarray, dwt_parts: np.ndarray,
+              db_parts: np.ndarray, dxf: np.ndarray) -> None:
+        _backward_share(cache.x.reshape(-1), cache.W.reshape(-1), df, yf, idxf, p.N, p.block, first, step, p.C, p.H,
+                        p.W, p.F, *p.taps(), *dims, dmat, col, dcol, dwt_parts, db_parts, need_dx, dxf)
+
+    return backward_blocks(cache.x, cache.W, p, fill, need_dx, share)

@@ -18,7 +18,8 @@ import numpy as np
 from . import threads
 from ._jit import jit, jit_sum
 
-__all__ = ["NumbaBatchNormCache", "batch_norm_backward", "batch_norm_eligible", "batch_norm_forward"]
+__all__ = ["NumbaBatchNormCache", "batch_norm_backward", "batch_norm_eligible", "batch_norm_forward",
+           "batch_norm_relu_backward", "batch_norm_relu_forward"]
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -45,20 +46,31 @@ def _stats(xf, N, C, S, c0, c1, mean, var):  # pragma: no cover - compiled
 
 
 @jit
-def _affine(xf, N, C, S, c0, c1, mean, inv_std, gamma, beta, yf):  # pragma: no cover - compiled
-    """y = (x - mean) * inv_std * gamma + beta per feature (float64 arithmetic, cast on store)."""
+def _affine(xf, N, C, S, c0, c1, mean, inv_std, gamma, beta, relu, yf):  # pragma: no cover - compiled
+    """y = (x - mean) * inv_std * gamma + beta per feature (float64 arithmetic, cast on store), then
+    max(y, 0) if ``relu`` (NaN stays NaN, as the ReLU op)."""
+    zero = yf.dtype.type(0)
     for c in range(c0, c1):
         mu, inv, g, b = mean[c], inv_std[c], np.float64(gamma[c]), np.float64(beta[c])
         for n in range(N):
             base = np.uint64((n * C + c) * S)
-            for s in range(np.uint64(S)):
-                yf[base + s] = (xf[base + s] - mu) * inv * g + b
+            if relu:
+                for s in range(np.uint64(S)):
+                    v = yf.dtype.type((xf[base + s] - mu) * inv * g + b)
+                    yf[base + s] = zero if v <= zero else v
+            else:
+                for s in range(np.uint64(S)):
+                    yf[base + s] = (xf[base + s] - mu) * inv * g + b
 
 
 @jit_sum
-def _backward(doutf, xf, N, C, S, c0, c1, mean, inv_std, gamma, train, dxf, dgamma, dbeta):  # pragma: no cover
-    """dgamma = sum dout*xhat, dbeta = sum dout; dx as in the module docstring (eval: dout*gamma*inv_std)."""
+def _backward(doutf, xf, N, C, S, c0, c1, mean, inv_std, gamma, train, relu, yf, dxf, dgamma,
+              dbeta):  # pragma: no cover - compiled
+    """dgamma = sum dout*xhat, dbeta = sum dout; dx as in the module docstring (eval: dout*gamma*inv_std).
+
+    With ``relu``, ``dout`` is first masked by ``y > 0`` (``yf``: the fused ReLU's output)."""
     M = N * S
+    zero = yf.dtype.type(0)
     for c in range(c0, c1):
         mu, inv, g = mean[c], inv_std[c], np.float64(gamma[c])
         sb = 0.0
@@ -66,7 +78,7 @@ def _backward(doutf, xf, N, C, S, c0, c1, mean, inv_std, gamma, train, dxf, dgam
         for n in range(N):
             base = np.uint64((n * C + c) * S)
             for s in range(np.uint64(S)):
-                d = np.float64(doutf[base + s])
+                d = np.float64(doutf[base + s]) if not relu or yf[base + s] > zero else 0.0
                 sb += d
                 sg += d * ((xf[base + s] - mu) * inv)
         dbeta[c] = sb
@@ -80,18 +92,21 @@ def _backward(doutf, xf, N, C, S, c0, c1, mean, inv_std, gamma, train, dxf, dgam
         for n in range(N):  # eval mode: mb = mg = 0, so dx = scale * dout
             base = np.uint64((n * C + c) * S)
             for s in range(np.uint64(S)):
-                dxf[base + s] = scale * (np.float64(doutf[base + s]) - mb - ((xf[base + s] - mu) * inv) * mg)
+                d = np.float64(doutf[base + s]) if not relu or yf[base + s] > zero else 0.0
+                dxf[base + s] = scale * (d - mb - ((xf[base + s] - mu) * inv) * mg)
 
 
 @dataclass(frozen=True)
 class NumbaBatchNormCache:
-    """x (C-contiguous), per-feature mean and 1/sqrt(var + eps) (float64), gamma, and the mode."""
+    """x (C-contiguous), per-feature mean and 1/sqrt(var + eps) (float64), gamma, the mode, and the output
+    when a ReLU was fused in (its sign masks ``dout``)."""
 
     x: np.ndarray
     mean: np.ndarray
     inv_std: np.ndarray
     gamma: np.ndarray
     train: bool
+    y: np.ndarray | None = None
 
 
 def batch_norm_eligible(x: Any, gamma: Any, beta: Any, running_mean: Any, running_var: Any, *args: Any,
@@ -113,8 +128,9 @@ def _split(task: Any, C: int) -> None:
 
 def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
                        running_var: np.ndarray, train: bool, momentum: float = 0.1,
-                       eps: float = 1e-5) -> tuple[np.ndarray, NumbaBatchNormCache]:
-    """y like x; in train mode the running statistics are updated in place (reference semantics)."""
+                       eps: float = 1e-5, relu: bool = False) -> tuple[np.ndarray, NumbaBatchNormCache]:
+    """y like x (then ReLU if ``relu``); in train mode the running statistics are updated in place
+    (reference semantics)."""
     x = np.ascontiguousarray(x)
     N, C = x.shape[0], x.shape[1]
     S = x.size // max(1, N * C)
@@ -131,8 +147,8 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runni
     inv_std = 1.0 / np.sqrt(var + float(eps))
     y = np.empty_like(x)
     yf = y.reshape(-1)
-    _split(lambda c0, c1: _affine(xf, N, C, S, c0, c1, mean, inv_std, gamma, beta, yf), C)
-    return y, NumbaBatchNormCache(x, mean, inv_std, gamma, bool(train))
+    _split(lambda c0, c1: _affine(xf, N, C, S, c0, c1, mean, inv_std, gamma, beta, relu, yf), C)
+    return y, NumbaBatchNormCache(x, mean, inv_std, gamma, bool(train), y if relu else None)
 
 
 def batch_norm_backward(dout: np.ndarray, cache: NumbaBatchNormCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,6 +160,18 @@ def batch_norm_backward(dout: np.ndarray, cache: NumbaBatchNormCache) -> tuple[n
     dx = np.empty_like(x)
     dgamma, dbeta = np.empty(C), np.empty(C)
     df, xf, dxf = d.reshape(-1), x.reshape(-1), dx.reshape(-1)
+    relu = cache.y is not None
+    yf = cache.y.reshape(-1) if cache.y is not None else xf
     _split(lambda c0, c1: _backward(df, xf, N, C, S, c0, c1, cache.mean, cache.inv_std, cache.gamma, cache.train,
-                                    dxf, dgamma, dbeta), C)
+                                    relu, yf, dxf, dgamma, dbeta), C)
     return dx, dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+
+def batch_norm_relu_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, running_mean: np.ndarray,
+                            running_var: np.ndarray, train: bool, momentum: float = 0.1,
+                            eps: float = 1e-5) -> tuple[np.ndarray, NumbaBatchNormCache]:
+    """y = max(batch_norm(x), 0) in one pass; the batch norm's output is never stored on its own."""
+    return batch_norm_forward(x, gamma, beta, running_mean, running_var, train, momentum, eps, relu=True)
+
+
+batch_norm_relu_backward = batch_norm_backward

@@ -21,7 +21,7 @@ try:
 except ImportError:  # pragma: no cover - threadpoolctl is a dependency of the fast path
     ThreadpoolController = None
 
-__all__ = ["blas_single_thread", "run_blocks", "using_workers", "workers"]
+__all__ = ["blas_single_thread", "run_blocks", "run_shares", "using_workers", "workers"]
 
 _FORCED: int | None = None
 _pool: ThreadPoolExecutor | None = None
@@ -106,6 +106,25 @@ def run_blocks(task: Callable[[int], Any], n_blocks: int, n_workers: int | None 
     futures = [_executor(n - 1).submit(loop) for _ in range(n - 1)]
     try:
         loop()
+    finally:
+        for f in futures:
+            f.result()
+
+
+def run_shares(share: Callable[[int, int], Any], n_blocks: int, n_workers: int | None = None) -> None:
+    """Call ``share(first, step)`` once per worker thread: worker ``t`` of ``n`` runs blocks ``t, t + n, ...``.
+
+    One call per thread (the calling thread is worker 0), so a compiled ``nogil`` share takes the GIL
+    once; the fixed assignment keeps every block's result independent of timing.  Exceptions propagate.
+    """
+    n = workers() if n_workers is None else n_workers
+    n = max(1, min(n, n_blocks))
+    if n == 1:
+        share(0, 1)
+        return
+    futures = [_executor(n - 1).submit(share, t, n) for t in range(1, n)]
+    try:
+        share(0, n)
     finally:
         for f in futures:
             f.result()
