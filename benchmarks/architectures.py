@@ -40,6 +40,15 @@ from xpcnn.functional import conv as Fc
 TF = torch.nn.functional
 
 
+def set_kernel_workers(n: int) -> None:
+    """The numba_cpu kernels' thread count (they fix it from the BLAS limit once; this run changes it)."""
+    try:
+        from xpcnn.kernels.numba_cpu import threads
+    except ImportError:
+        return
+    threads.set_workers(n)
+
+
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per call for each candidate, timed in rounds A, B, C, A, B, C, ..."""
     for _ in range(warmup):
@@ -164,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
+        set_kernel_workers(threads)
         with threadpool_limits(threads):
             for case, fns in groups.items():
                 times = interleaved(fns, args.repeats, args.warmup)

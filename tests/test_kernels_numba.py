@@ -350,3 +350,73 @@ def test_batch_norm_relu_matches_the_composed_reference(numba_cpu, shape, train,
     assert np.all(out["fast"][0] >= 0) and np.any(out["fast"][0] == 0)
     for name, f, r in zip(("y", "dx", "dgamma", "dbeta", "running_mean", "running_var"), out["fast"], out["reference"]):
         close(f, r, dtype, name)
+
+
+# ------------------------------------------------------------------------------------------- dense, BLAS threads
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,d_in,d_out,bias", [(128, 400, 120, True), (7, 5, 3, False), (300, 64, 10, True)])
+def test_dense_matches_reference_and_is_thread_count_independent(numba_cpu, n, d_in, d_out, bias, dtype):
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((n, d_in)).astype(dtype)
+    W = rng.standard_normal((d_in, d_out)).astype(dtype)
+    b = rng.standard_normal(d_out).astype(dtype) if bias else None
+    dout = rng.standard_normal((n, d_out)).astype(dtype)
+    out = both(kernels.dense, x, W, b, dout=dout, backward_args=(True,))
+    close(out["fast"][0], out["reference"][0], dtype, "y")
+    for name, f, r in zip(("dx", "dW", "db"), out["fast"][2], out["reference"][2]):
+        close(f, r, dtype, name)
+    runs = []
+    for workers in (1, 2):
+        with numba_cpu.threads.using_workers(workers):
+            y, cache = numba_cpu.dense.dense_forward(x, W, b)
+            runs.append((y, *(g for g in numba_cpu.dense.dense_backward(dout, cache) if g is not None)))
+    for one, two in zip(*runs):
+        assert one.tobytes() == two.tobytes()
+    assert not numba_cpu.dense.dense_eligible(x.astype(np.int64), W, b)
+    assert not numba_cpu.dense.dense_eligible(x[None], W, b)
+
+
+def test_row_blocks_cover_the_rows_by_shape_only(numba_cpu):
+    for n in (0, 1, 63, 64, 127, 128, 1000, 10_000):
+        blocks = numba_cpu.dense.row_blocks(n)
+        assert blocks[0][0] == 0 and blocks[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+        assert len(blocks) <= numba_cpu.dense.MAX_BLOCKS
+        assert len(blocks) == 1 or min(r1 - r0 for r0, r1 in blocks) >= numba_cpu.dense.MIN_ROWS
+
+
+def test_blas_is_held_at_one_thread_and_released(numba_cpu, monkeypatch):
+    """The kernels hold NumPy's BLAS at one thread (its spinning threads would take the workers' cores);
+    the worker count is fixed from the limit they found; release_blas gives the limit back."""
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed")
+    threads = numba_cpu.threads
+    if not threads._BLAS:
+        pytest.skip("threadpoolctl sees no BLAS library in this NumPy")
+    monkeypatch.setattr(threads, "_CONFIGURED", None)
+    monkeypatch.setattr(threads, "_HELD", {})
+    with threadpoolctl.threadpool_limits(3, user_api="blas"):
+        threads.hold_blas()
+        assert all(c.num_threads == 1 for c in threads._BLAS)
+        assert threads.workers() == 3
+        x = np.ones((4, 1, 6, 6), np.float32)
+        with kernels.using_kernels("fast"):
+            kernels.conv2d.forward(x, np.ones((2, 1, 3, 3), np.float32), None, (1, 1), (1, 1), (1, 1))
+        assert all(c.num_threads == 1 for c in threads._BLAS) and threads.workers() == 3
+        threads.release_blas()
+        assert all(c.num_threads == 3 for c in threads._BLAS)
+    threads.set_workers(2)
+    assert threads.workers() == 2
+    with threads.using_workers(1):
+        assert threads.workers() == 1
+
+
+def test_xpcnn_num_threads_sets_the_worker_count(numba_cpu, monkeypatch):
+    threads = numba_cpu.threads
+    monkeypatch.setattr(threads, "_CONFIGURED", None)
+    monkeypatch.setenv("XPCNN_NUM_THREADS", "5")
+    assert threads.workers() == 5
+    monkeypatch.setattr(threads, "_CONFIGURED", None)
+    monkeypatch.setenv("XPCNN_NUM_THREADS", "two")
+    with pytest.raises(ValueError, match="XPCNN_NUM_THREADS must be a positive integer, got 'two'"):
+        threads.workers()

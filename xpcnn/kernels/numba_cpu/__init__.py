@@ -8,6 +8,8 @@ op                 module                                               eligible
 ================== ==================================================== =====================================
 ``conv2d``         :mod:`.conv` (blocked implicit GEMM, 1 BLAS call      float32/float64, ungrouped, any
                    per product per block)                               stride/padding/dilation
+``dense``          :mod:`.dense` (row blocks on the set's threads,      float32/float64, (N, in) @ (in, out)
+                   BLAS at one thread)
 ``max_pool2d``     :mod:`.pool` (first-max index like the reference)    float32/float64, (N, C, H, W)
 ``avg_pool2d``     :mod:`.pool`                                         float32/float64, (N, C, H, W)
 ``batch_norm``     :mod:`.norm`                                         float32/float64, (N, D) or (N, C, H, W)
@@ -31,10 +33,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fusion, ops
-from . import blas, conv, fused, norm, pool, threads, updates
+from . import blas, conv, dense, fused, norm, pool, threads, updates
 from ._jit import CACHE, CACHE_PROBLEM
 
-__all__ = ["CACHE", "CACHE_PROBLEM", "NAME", "blas", "conv", "fused", "norm", "pool", "threads", "updates"]
+__all__ = ["CACHE", "CACHE_PROBLEM", "NAME", "blas", "conv", "dense", "fused", "norm", "pool", "threads", "updates"]
 
 #: the kernel set's name on the seam (``xpcnn.kernels.active_sets()``)
 NAME = "numba_cpu"
@@ -43,6 +45,7 @@ NAME = "numba_cpu"
 def _register() -> None:
     nd = np.ndarray
     ops.conv2d.register(nd, NAME, conv.conv2d_forward, conv.conv2d_backward, conv.conv_eligible)
+    ops.dense.register(nd, NAME, dense.dense_forward, dense.dense_backward, dense.dense_eligible)
     ops.max_pool2d.register(nd, NAME, pool.max_pool2d_forward, pool.max_pool2d_backward, pool.pool_eligible)
     ops.avg_pool2d.register(nd, NAME, pool.avg_pool2d_forward, pool.avg_pool2d_backward, pool.pool_eligible)
     ops.batch_norm.register(nd, NAME, norm.batch_norm_forward, norm.batch_norm_backward, norm.batch_norm_eligible)

@@ -1,16 +1,27 @@
 """Worker threads for the CPU kernels: blocks of work spread over Python threads running ``nogil`` kernels.
 
-The number of workers is the BLAS thread limit in force (``threadpoolctl.threadpool_limits(1)`` makes the
-kernels single-threaded too); while the workers run, BLAS is held at one thread so the two levels of
-threading do not fight.  Work is split into *blocks* whose results never depend on which thread ran
-them: per-block partial sums are stored per block and added in block order afterwards, so 1 and 2
-threads give bitwise the same result.
+How many: :func:`workers` -- ``using_workers(n)`` inside its block, else the count set with
+:func:`set_workers` or ``$XPCNN_NUM_THREADS``, else NumPy's BLAS thread limit as the kernels first found it
+(``threadpoolctl.threadpool_limits(1)`` around the first op, ``OMP_NUM_THREADS=1``, ... make them
+single-threaded).
+
+BLAS is held at one thread from the first kernel call on (:func:`hold_blas`; :func:`release_blas` gives
+the limit back), because our own threads supply the parallelism and OpenBLAS's threads get in their way:
+after each multi-threaded call, and each time its thread limit is raised again, OpenBLAS's worker threads
+spin for a while (``OPENBLAS_THREAD_TIMEOUT``, about 0.1 s by default) on the core the next op's second
+worker needs.  Measured on 2 cores: restoring the BLAS limit after every op made a ResNet-8 training step
+take 210 ms instead of 130 ms.
+
+Work is split into *blocks* whose results never depend on which thread ran them: per-block partial
+sums are stored per block and added in block order afterwards, so 1 and 2 threads give bitwise the
+same result.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +32,13 @@ try:
 except ImportError:  # pragma: no cover - threadpoolctl is a dependency of the fast path
     ThreadpoolController = None
 
-__all__ = ["blas_single_thread", "run_blocks", "run_shares", "using_workers", "workers"]
+__all__ = ["blas_single_thread", "hold_blas", "release_blas", "run_blocks", "run_shares", "set_workers",
+           "using_workers", "workers"]
 
 _FORCED: int | None = None
+_CONFIGURED: int | None = None
+#: BLAS controllers' thread limits before hold_blas lowered them (by id of the controller)
+_HELD: dict[int, int] = {}
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -51,27 +66,55 @@ def using_workers(n: int) -> Iterator[int]:
         _FORCED = before
 
 
+def set_workers(n: int | None) -> None:
+    """Use ``n`` worker threads from now on (None: back to ``$XPCNN_NUM_THREADS`` or the BLAS limit)."""
+    global _CONFIGURED
+    _CONFIGURED = None if n is None else max(1, int(n))
+
+
+def _initial_count() -> int:
+    env = os.environ.get("XPCNN_NUM_THREADS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"XPCNN_NUM_THREADS must be a positive integer, got {env!r}") from None
+    return max(1, max((c.num_threads for c in _BLAS), default=1))
+
+
 def workers() -> int:
-    """How many threads the kernels use now: the BLAS thread limit, or :func:`using_workers`'s count."""
+    """How many threads the kernels use now (see the module docstring for the order of precedence)."""
+    global _CONFIGURED
     if _FORCED is not None:
         return _FORCED
-    return max(1, max((c.num_threads for c in _BLAS), default=1))
+    if _CONFIGURED is None:
+        _CONFIGURED = _initial_count()
+    return _CONFIGURED
+
+
+def hold_blas() -> None:
+    """Set NumPy's BLAS to one thread (the first time, after fixing the worker count the limit implied)."""
+    workers()
+    for c in _BLAS:
+        n = c.num_threads
+        if n != 1:
+            _HELD.setdefault(id(c), n)
+            c.set_num_threads(1)
+
+
+def release_blas() -> None:
+    """Give BLAS back the thread limits :func:`hold_blas` lowered (for NumPy-heavy code outside xpcnn)."""
+    for c in _BLAS:
+        n = _HELD.pop(id(c), None)
+        if n is not None:
+            c.set_num_threads(n)
 
 
 @contextlib.contextmanager
 def blas_single_thread() -> Iterator[None]:
-    """Hold BLAS at one thread (our own threads supply the parallelism), restoring the limit afterwards."""
-    before = [c.num_threads for c in _BLAS]
-    if all(n == 1 for n in before):
-        yield
-        return
-    for c in _BLAS:
-        c.set_num_threads(1)
-    try:
-        yield
-    finally:
-        for c, n in zip(_BLAS, before, strict=True):
-            c.set_num_threads(n)
+    """BLAS at one thread inside the block, and after it (see :func:`hold_blas`)."""
+    hold_blas()
+    yield
 
 
 def _executor(n: int) -> ThreadPoolExecutor:
