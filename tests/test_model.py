@@ -328,3 +328,21 @@ def test_config_records_dtype_names_for_any_dtype_spelling():
     assert [entry["args"].get("dtype") for entry in model.config()] == ["float64", None, "float64"]
     rebuilt = Sequential.from_config(model.config())
     assert [p.value.dtype for p in rebuilt.parameters()] == [p.value.dtype for p in model.parameters()]
+
+
+@pytest.mark.parametrize("mode", ["auto", "reference"])
+def test_backward_frees_each_layers_saved_activations(mode):
+    """Saved activations are freed as the backward passes each layer (nested ones too), so a second
+    backward needs a new forward, as in PyTorch; the gradients are those of the first backward."""
+    from xpcnn import kernels, models
+
+    model = models.resnet8(rng=0)
+    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    with kernels.using_kernels(mode):
+        out = model.forward(x, train=True)
+        cached = [leaf for _, leaf in model.named_leaves() if getattr(leaf, "_cache", None) is not None]
+        assert cached  # the forward saved activations somewhere
+        model.backward(np.ones_like(out))
+        assert [name for name, leaf in model.named_leaves() if getattr(leaf, "_cache", None) is not None] == []
+        with pytest.raises(RuntimeError, match="before forward"):
+            model.backward(np.ones_like(out))

@@ -85,10 +85,14 @@ class Sequential(Composite):
         """Backpropagate ``dL/d(output)``; fills every layer's ``grads``.
 
         Returns ``dL/dx`` for the input, or None when the first layer skips it (Conv2D/Dense do
-        when this is the outermost model).
+        when this is the outermost model).  Each layer's saved activations are freed as soon as its
+        backward has run (so the peak memory of a step falls as the backward proceeds); a second
+        ``backward`` needs a new ``forward(x, train=True)``, as in PyTorch.
         """
         for unit in reversed(fusion.backward_units(self)):
             dout = unit.backward(dout)
+            if hasattr(unit, "_cache"):  # its activations are spent: free them now, as PyTorch's autograd does
+                unit._cache = None
         flat.collect_grads(self)
         return dout
 
