@@ -6,9 +6,10 @@
 Cases, each forward + backward (``dx`` included) on float32 NumPy arrays, CPU, 1 and 2 threads
 (``threadpoolctl`` for NumPy's BLAS, ``torch.set_num_threads`` for PyTorch):
 
-* ``depthwise``: a 3x3 depthwise convolution (``groups = C``) in xpcnn's reference tap form, in the
-  grouped im2col + batched-matmul form (forced, to show why the tap form exists), and in PyTorch;
-  the dense 3x3 convolution of the same size (C times the arithmetic) as a yardstick.
+* ``depthwise``: a 3x3 depthwise convolution (``groups = C``) through the kernel seam (the ``numba_cpu``
+  depthwise kernel where Numba is installed), in xpcnn's reference tap form, in the grouped im2col +
+  batched-matmul form (forced, to show why the tap form exists), and in PyTorch; the dense 3x3
+  convolution of the same size (C times the arithmetic; seam and reference) as a yardstick.
 * ``resnet8 step``: forward, softmax cross-entropy, backward and an SGD-Nesterov update of
   :func:`xpcnn.models.resnet8` on 1x28x28 images, against a PyTorch twin of the same network.
 
@@ -91,6 +92,12 @@ def depthwise_cases(N: int, C: int, H: int, rng: np.random.Generator) -> dict[st
         with im2col_grouped_form():
             return xpcnn_conv(Wd, C)()
 
+    def fast_conv(W: np.ndarray, groups: int) -> Callable[[], Any]:
+        def run() -> Any:  # through the seam: the numba_cpu kernels where installed (mode auto)
+            y, cache = xpcnn.kernels.conv2d.forward(x, W, None, *geometry, groups=groups)
+            return xpcnn.kernels.conv2d.backward(y, cache, True)
+        return run
+
     def torch_conv(w: torch.Tensor, groups: int) -> Callable[[], Any]:
         def run() -> Any:
             xt.grad = w.grad = None
@@ -98,8 +105,9 @@ def depthwise_cases(N: int, C: int, H: int, rng: np.random.Generator) -> dict[st
             y.backward(y.detach())
         return run
 
-    return {"xpcnn depthwise (tap form)": xpcnn_conv(Wd, C), "xpcnn depthwise (im2col form)": grouped_form,
-            "torch depthwise": torch_conv(wdt, C), "xpcnn dense 3x3": xpcnn_conv(Wf, 1),
+    return {"xpcnn depthwise (kernel seam)": fast_conv(Wd, C), "xpcnn depthwise (tap form)": xpcnn_conv(Wd, C),
+            "xpcnn depthwise (im2col form)": grouped_form, "torch depthwise": torch_conv(wdt, C),
+            "xpcnn dense 3x3 (kernel seam)": fast_conv(Wf, 1), "xpcnn dense 3x3": xpcnn_conv(Wf, 1),
             "torch dense 3x3": torch_conv(wft, 1)}
 
 

@@ -420,3 +420,60 @@ def test_xpcnn_num_threads_sets_the_worker_count(numba_cpu, monkeypatch):
     monkeypatch.setenv("XPCNN_NUM_THREADS", "two")
     with pytest.raises(ValueError, match="XPCNN_NUM_THREADS must be a positive integer, got 'two'"):
         threads.workers()
+
+
+# ------------------------------------------------------------------------------------------- depthwise
+
+def depthwise_cases(n_cases, seed):
+    rng = np.random.default_rng(seed)
+    cases = [dict(N=5, C=8, H=14, W=14, K=(3, 3), s=(1, 1), p=(1, 1), d=(1, 1), bias=False),
+             dict(N=3, C=6, H=9, W=9, K=(3, 3), s=(2, 2), p=(1, 1), d=(1, 1), bias=True)]
+    while len(cases) < n_cases + 2:
+        K = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+        d = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+        p = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+        s = (int(rng.integers(1, 4)), int(rng.integers(1, 4)))
+        H, W = int(rng.integers(1, 14)), int(rng.integers(1, 14))
+        if H + 2 * p[0] < d[0] * (K[0] - 1) + 1 or W + 2 * p[1] < d[1] * (K[1] - 1) + 1:
+            continue
+        cases.append(dict(N=int(rng.integers(1, 11)), C=int(rng.integers(1, 7)), H=H, W=W, K=K, s=s, p=p, d=d,
+                          bias=bool(rng.integers(0, 2))))
+    return cases
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", depthwise_cases(10, 21), ids=lambda c: "N{N}C{C}H{H}W{W}K{K}s{s}p{p}d{d}".format(**c))
+def test_depthwise_conv_matches_reference(numba_cpu, case, dtype):
+    rng = np.random.default_rng(3)
+    c = case
+    x = rng.standard_normal((c["N"], c["C"], c["H"], c["W"])).astype(dtype)
+    W = rng.standard_normal((c["C"], 1, *c["K"])).astype(dtype)
+    b = rng.standard_normal(c["C"]).astype(dtype) if c["bias"] else None
+    args = (x, W, b, c["s"], c["p"], c["d"])
+    with kernels.using_kernels("reference"):
+        dout = rng.standard_normal(kernels.conv2d.forward(*args, groups=c["C"])[0].shape).astype(dtype)
+    out = both(kernels.conv2d, *args, groups=c["C"], dout=dout, backward_args=(True,))
+    close(out["fast"][0], out["reference"][0], dtype, "y")
+    for name, f, r in zip(("dx", "dW", "db"), out["fast"][2], out["reference"][2]):
+        close(f, r, dtype, name)
+    runs = []
+    for workers in (1, 2):
+        with numba_cpu.threads.using_workers(workers), kernels.using_kernels("fast"):
+            y, cache = kernels.conv2d.forward(*args, groups=c["C"])
+            dx, dW, db = kernels.conv2d.backward(dout, cache, True)
+            _, dW2, _ = kernels.conv2d.backward(dout, cache, False)
+            runs.append((y, dx, dW, db, dW2))
+    for one, two in zip(*runs):
+        assert one.tobytes() == two.tobytes()
+    assert runs[0][2].tobytes() == runs[0][4].tobytes()  # dW does not depend on computing dx
+
+
+def test_other_grouped_convolutions_use_the_reference(numba_cpu):
+    x = np.ones((2, 4, 6, 6), np.float32)
+    with kernels.using_kernels("auto"):
+        assert kernels.conv2d.implementation(x, np.ones((4, 2, 3, 3), np.float32), None, (1, 1), (1, 1), (1, 1),
+                                             groups=2) == "reference"
+        assert kernels.conv2d.implementation(x, np.ones((8, 1, 3, 3), np.float32), None, (1, 1), (1, 1), (1, 1),
+                                             groups=4) == "reference"  # depthwise with 2 filters per channel
+        assert kernels.conv2d.implementation(x, np.ones((4, 1, 3, 3), np.float32), None, (1, 1), (1, 1), (1, 1),
+                                             groups=4) == NAME

@@ -7,7 +7,8 @@ Importing this package (the registry does it the first time an op sees a NumPy a
 op                 module                                               eligible when
 ================== ==================================================== =====================================
 ``conv2d``         :mod:`.conv` (blocked implicit GEMM, 1 BLAS call      float32/float64, ungrouped, any
-                   per product per block)                               stride/padding/dilation
+                   per product per block); :mod:`.depthwise` (direct    stride/padding/dilation; or
+                   loops)                                               depthwise (groups == C == F)
 ``dense``          :mod:`.dense` (row blocks on the set's threads,      float32/float64, (N, in) @ (in, out)
                    BLAS at one thread)
 ``max_pool2d``     :mod:`.pool` (first-max index like the reference)    float32/float64, (N, C, H, W)

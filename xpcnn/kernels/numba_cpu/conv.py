@@ -418,14 +418,20 @@ def _as_pair(v: Any) -> tuple[int, int] | None:
 
 
 def conv_eligible(x: Any, W: Any, b: Any, stride: Any, padding: Any, dilation: Any, *args: Any, **kwargs: Any) -> bool:
-    """NumPy float32/float64, matching dtypes, ungrouped, a non-empty output; anything else uses the reference."""
-    if args or any(k not in ("groups",) for k in kwargs) or kwargs.get("groups", 1) != 1:
+    """NumPy float32/float64, matching dtypes, ungrouped or depthwise (``groups == C == F``), a non-empty
+    output; anything else (other grouped convolutions included) uses the reference."""
+    if args or any(k not in ("groups",) for k in kwargs):
         return False
     if type(x) is not np.ndarray or type(W) is not np.ndarray or (b is not None and type(b) is not np.ndarray):
         return False
     if x.dtype not in FLOATS or W.dtype != x.dtype or (b is not None and b.dtype != x.dtype):
         return False
-    if x.ndim != 4 or W.ndim != 4 or x.shape[1] != W.shape[1] or x.shape[0] == 0 or W.shape[0] == 0:
+    groups = kwargs.get("groups", 1)
+    if x.ndim != 4 or W.ndim != 4 or x.shape[0] == 0 or W.shape[0] == 0 or type(groups) is not int:
+        return False
+    if groups != 1 and not (groups == x.shape[1] == W.shape[0] and W.shape[1] == 1):
+        return False
+    if groups == 1 and x.shape[1] != W.shape[1]:
         return False
     s, p, d = _as_pair(stride), _as_pair(padding), _as_pair(dilation)
     if s is None or p is None or d is None or min(s) < 1 or min(d) < 1 or min(p) < 0:
@@ -437,8 +443,16 @@ def conv_eligible(x: Any, W: Any, b: Any, stride: Any, padding: Any, dilation: A
 
 def conv2d_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, stride: tuple[int, int],
                    padding: tuple[int, int], dilation: tuple[int, int], relu: bool = False,
-                   **_: Any) -> tuple[np.ndarray, ConvCache]:
-    """y: (N, F, OH, OW) = conv(x, W) + b (then ReLU if ``relu``); the cache for :func:`conv2d_backward`."""
+                   groups: int = 1) -> tuple[np.ndarray, ConvCache]:
+    """y: (N, F, OH, OW) = conv(x, W) + b (then ReLU if ``relu``); the cache for :func:`conv2d_backward`.
+
+    ``groups=C`` (depthwise, one filter per channel; no fused ReLU) runs :mod:`.depthwise`'s loops."""
+    if groups != 1:
+        from .depthwise import depthwise_forward
+
+        if relu:
+            raise ValueError("the fused ReLU is for ungrouped convolutions")
+        return depthwise_forward(x, W, b, stride, padding, dilation)  # type: ignore[return-value]
     x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
     p = make_plan(x, W, stride, padding, dilation)
     bias = b if b is not None else np.zeros(1, dtype=x.dtype)
@@ -473,9 +487,13 @@ def _gather_dout_relu(doutf, yf, F, L, n0, nb, dmatf, dbias):  # pragma: no cove
         dbias[f] = acc
 
 
-def conv2d_backward(dout: np.ndarray, cache: ConvCache,
+def conv2d_backward(dout: np.ndarray, cache: Any,
                     need_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """``(dx, dW, db)``; dx: (N, C, H, W) or None (``need_dx`` False), dW: (F, C, KH, KW), db: (F,)."""
+    if not isinstance(cache, ConvCache):  # a depthwise forward's cache
+        from .depthwise import depthwise_backward
+
+        return depthwise_backward(dout, cache, need_dx)
     p = cache.plan
     df = np.ascontiguousarray(dout, dtype=cache.x.dtype).reshape(-1)
     yf = cache.y.reshape(-1) if cache.y is not None else None
