@@ -50,7 +50,9 @@ __all__ = ["AVAILABLE", "INT_BITS", "LIBRARY", "gemm", "matmul_into"]
 LIBRARY, INT_BITS = "", 0
 #: whether :func:`gemm` can be used
 AVAILABLE = False
-_NAMES = {"float32": "xpcnn_numba_cpu_sgemm", "float64": "xpcnn_numba_cpu_dgemm"}
+#: LLVM symbol names; they carry the integer width, so code cached by a process whose BLAS took 64-bit
+#: integers can never call a 32-bit-integer BLAS in another (it would fail to link instead)
+_NAMES = {"float32": "xpcnn_numba_cpu_sgemm_i{bits}", "float64": "xpcnn_numba_cpu_dgemm_i{bits}"}
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 
@@ -82,7 +84,7 @@ def _load() -> None:
     if len(addresses) != 2:
         return
     for dt, addr in addresses.items():
-        llvm.add_symbol(_NAMES[dt], addr)
+        llvm.add_symbol(_NAMES[dt].format(bits=bits), addr)
     LIBRARY, INT_BITS, AVAILABLE = name, bits, True
 
 
@@ -103,7 +105,7 @@ def _gemm(typingctx: Any, trans_a: Any, trans_b: Any, m: Any, n: Any, k: Any, a:
         return None
     i64 = types.int64
     sig = types.void(types.boolean, types.boolean, i64, i64, i64, a, i64, b, i64, c, i64)
-    name = _NAMES["float32" if dtype == types.float32 else "float64"]
+    name = _NAMES["float32" if dtype == types.float32 else "float64"].format(bits=INT_BITS or 64)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         ta, tb, mm, nn, kk, av, la, bv, lb, cv, lc = args
