@@ -6,10 +6,10 @@ small layers those hand-overs cost more than the second thread gains.  With :fun
 columns, multiplies and scatters every block of its share in one compiled call.
 
 :func:`gemm` calls the ``cblas_?gemm`` of the OpenBLAS that NumPy's wheels bundle (``scipy_openblas64_``:
-64-bit integers, symbols ``scipy_cblas_sgemm64_`` / ``scipy_cblas_dgemm64_``; ``scipy_openblas32`` builds:
-``scipy_cblas_sgemm`` with 32-bit integers), the library ``np.matmul`` uses.  The symbol is registered
-with LLVM under a fixed name, so compiled kernels refer to it by name and Numba's on-disk cache stays
-valid across processes.  Where no such library is found (NumPy built against MKL or Accelerate, say)
+64-bit integers, symbols ``scipy_cblas_sgemm64_`` / ``scipy_cblas_dgemm64_``), the library ``np.matmul``
+uses.  The symbol is registered with LLVM under a fixed name, so compiled kernels refer to it by name and
+Numba's on-disk cache stays valid across processes; only this one ABI (64-bit integers) is ever compiled,
+so no cached kernel can call a BLAS of another integer width.  Where no such library is found (NumPy built against MKL or Accelerate, say)
 :data:`AVAILABLE` is False and the kernels keep the per-block ``np.matmul`` path.
 
     >>> import numpy as np
@@ -50,9 +50,8 @@ __all__ = ["AVAILABLE", "INT_BITS", "LIBRARY", "gemm", "matmul_into"]
 LIBRARY, INT_BITS = "", 0
 #: whether :func:`gemm` can be used
 AVAILABLE = False
-#: LLVM symbol names; they carry the integer width, so code cached by a process whose BLAS took 64-bit
-#: integers can never call a 32-bit-integer BLAS in another (it would fail to link instead)
-_NAMES = {"float32": "xpcnn_numba_cpu_sgemm_i{bits}", "float64": "xpcnn_numba_cpu_dgemm_i{bits}"}
+#: LLVM symbol names (kept fixed: Numba's on-disk cache refers to them)
+_NAMES = {"float32": "xpcnn_numba_cpu_sgemm", "float64": "xpcnn_numba_cpu_dgemm"}
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 
@@ -68,7 +67,8 @@ def _find() -> tuple[str, int, dict[str, int]]:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for suffix, bits in (("64_", 64), ("", 32)):
+        # 64-bit integers only: the compiled (and cached) kernels are built for that one ABI
+        for suffix, bits in (("64_", 64),):
             try:
                 found = {dt: ctypes.cast(getattr(lib, f"scipy_cblas_{p}gemm{suffix}"), ctypes.c_void_p).value
                          for dt, p in (("float32", "s"), ("float64", "d"))}
@@ -84,7 +84,7 @@ def _load() -> None:
     if len(addresses) != 2:
         return
     for dt, addr in addresses.items():
-        llvm.add_symbol(_NAMES[dt].format(bits=bits), addr)
+        llvm.add_symbol(_NAMES[dt], addr)
     LIBRARY, INT_BITS, AVAILABLE = name, bits, True
 
 
@@ -105,12 +105,12 @@ def _gemm(typingctx: Any, trans_a: Any, trans_b: Any, m: Any, n: Any, k: Any, a:
         return None
     i64 = types.int64
     sig = types.void(types.boolean, types.boolean, i64, i64, i64, a, i64, b, i64, c, i64)
-    name = _NAMES["float32" if dtype == types.float32 else "float64"].format(bits=INT_BITS or 64)
+    name = _NAMES["float32" if dtype == types.float32 else "float64"]
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         ta, tb, mm, nn, kk, av, la, bv, lb, cv, lc = args
         i32, ptr = ir.IntType(32), ir.IntType(8).as_pointer()
-        int_t = ir.IntType(INT_BITS or 64)
+        int_t = ir.IntType(64)
         real = ir.FloatType() if dtype == types.float32 else ir.DoubleType()
         fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, int_t, int_t, int_t, real, ptr, int_t, ptr, int_t,
                                                real, ptr, int_t])
@@ -122,13 +122,10 @@ def _gemm(typingctx: Any, trans_a: Any, trans_b: Any, m: Any, n: Any, k: Any, a:
         def flag(v: Any) -> Any:
             return builder.select(v, ir.Constant(i32, TRANS), ir.Constant(i32, NO_TRANS))
 
-        def int_arg(v: Any) -> Any:
-            return builder.trunc(v, int_t) if int_t.width < 64 else v
-
         a_ty, b_ty, c_ty = signature.args[5], signature.args[7], signature.args[9]
-        builder.call(fn, [ir.Constant(i32, ROW_MAJOR), flag(ta), flag(tb), int_arg(mm), int_arg(nn), int_arg(kk),
-                          ir.Constant(real, 1.0), data(av, a_ty), int_arg(la), data(bv, b_ty), int_arg(lb),
-                          ir.Constant(real, 0.0), data(cv, c_ty), int_arg(lc)])
+        builder.call(fn, [ir.Constant(i32, ROW_MAJOR), flag(ta), flag(tb), mm, nn, kk,
+                          ir.Constant(real, 1.0), data(av, a_ty), la, data(bv, b_ty), lb,
+                          ir.Constant(real, 0.0), data(cv, c_ty), lc])
         return context.get_dummy_value()
 
     return sig, codegen
