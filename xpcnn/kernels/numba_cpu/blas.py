@@ -9,7 +9,8 @@ columns, multiplies and scatters every block of its share in one compiled call.
 64-bit integers, symbols ``scipy_cblas_sgemm64_`` / ``scipy_cblas_dgemm64_``), the library ``np.matmul``
 uses.  The symbol is registered with LLVM under a fixed name, so compiled kernels refer to it by name and
 Numba's on-disk cache stays valid across processes; only this one ABI (64-bit integers) is ever compiled,
-so no cached kernel can call a BLAS of another integer width.  Where no such library is found (NumPy built against MKL or Accelerate, say)
+so no cached kernel can call a BLAS of another integer width.  Where no such library is found (NumPy
+built against MKL or Accelerate, or a 32-bit-integer OpenBLAS)
 :data:`AVAILABLE` is False and the kernels keep the per-block ``np.matmul`` path.
 
     >>> import numpy as np
