@@ -50,17 +50,20 @@ def set_kernel_workers(n: int) -> None:
     threads.set_workers(n)
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call for each candidate, timed in rounds A, B, C, A, B, C, ..."""
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int,
+                run_length: int = 1) -> dict[str, list[float]]:
+    """Seconds per call for each candidate, timed in rounds A, B, C, A, B, C, ... (``run_length`` > 1: that
+    many consecutive calls per candidate per turn, so one library's idle threads disturb only the first)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
+    for start in range(0, repeats, run_length):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(min(run_length, repeats - start)):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
     return times
 
 
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64, help="batch of the depthwise case")
     parser.add_argument("--step-batch", type=int, default=128, help="batch of the ResNet-8 step")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--run-length", type=int, default=1,
+                        help="consecutive calls per candidate per turn (default 1: A, B, C, A, ...)")
     parser.add_argument("--quick", action="store_true", help="2 repeats, 1 warm-up, small batches: a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "architectures.json")
     args = parser.parse_args(argv)
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         set_kernel_workers(threads)
         with threadpool_limits(threads):
             for case, fns in groups.items():
-                times = interleaved(fns, args.repeats, args.warmup)
+                times = interleaved(fns, args.repeats, args.warmup, args.run_length)
                 torch_name = next(n for n in fns if n.startswith("torch") and "dense" not in n)
                 for name, ts in times.items():
                     peer = "torch dense 3x3" if "dense" in name else torch_name
