@@ -84,10 +84,11 @@ RECIPES: dict[str, Recipe] = {
     # residual nets: SGD with Nesterov momentum 0.9, L2 5e-4, cosine from 0.1 (He et al.'s CIFAR recipe,
     # shortened); random 2-pixel crops of the zero-padded image and horizontal flips (for MNIST digits
     # pass --augment crop2: a flipped digit is another symbol)
-    # resnet8: 25 epochs (12 epochs gave 92.29%, under-trained; 25 fit the 60-minute budget on 2 cores)
+    # resnet8: 25 epochs, 92.82% on Fashion-MNIST in 42.9 min (12 gave 92.29%); resnet20 is the one that
+    # reaches 93.5% in an hour
     "resnet8": Recipe("resnet8", optimizer="nesterov", lr=0.1, epochs=25, batch_size=128, schedule="cosine",
                       augment="crop2,flip", weight_decay=5e-4, dataset="fashion-mnist"),
-    # resnet20: 18 epochs, about 50 minutes on 2 cores (~165 s per epoch with the numba_cpu kernels)
+    # resnet20: 18 epochs, 93.75% on Fashion-MNIST in 51.4 min on 2 cores (README accuracy table)
     "resnet20": Recipe("resnet20", optimizer="nesterov", lr=0.1, epochs=18, batch_size=128, schedule="cosine",
                        augment="crop2,flip", weight_decay=5e-4, dataset="fashion-mnist"),
     # the batch-norm CNN on MNIST digits: random 2-pixel crops, no flips
