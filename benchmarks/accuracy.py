@@ -40,7 +40,7 @@ FASHION = REPO.parent / "shared" / "data" / "fashion-mnist"  # the checkout's si
 CONFIGS = ("lenet5", "simple", "bn")
 #: the issue's targets for the test accuracy
 TARGETS = {("lenet5", "mnist"): 0.992, ("simple", "mnist"): 0.989, ("bn", "fashion-mnist"): 0.920,
-           ("resnet8", "fashion-mnist"): 0.935, ("bn-mnist", "mnist"): 0.995}
+           ("resnet8", "fashion-mnist"): 0.935, ("resnet20", "fashion-mnist"): 0.935, ("bn-mnist", "mnist"): 0.995}
 
 
 def commit() -> str | None:
