@@ -22,7 +22,7 @@ import numpy as np
 
 from . import threads
 from ._jit import jit
-from .conv import _row_range
+from .conv_kernels import _row_range
 
 __all__ = ["DepthwiseCache", "depthwise_backward", "depthwise_eligible", "depthwise_forward"]
 

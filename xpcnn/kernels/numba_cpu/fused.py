@@ -19,15 +19,8 @@ from typing import Any
 import numpy as np
 
 from ._jit import jit
-from .conv import (
-    ConvPlan,
-    _backward_products,
-    _forward_product,
-    backward_blocks,
-    conv_eligible,
-    forward_blocks,
-    make_plan,
-)
+from .conv import ConvPlan, backward_blocks, conv_eligible, forward_blocks, make_plan
+from .conv_kernels import _backward_products, _forward_product
 from .pool import first_max4, pool_eligible
 
 __all__ = ["FusedCache", "fused_backward", "fused_eligible", "fused_forward"]
