@@ -150,8 +150,8 @@ def forward_blocks(x: np.ndarray, W: np.ndarray, plan: ConvPlan,
             share(first, step, _scratch("col", (K * p.block * L,), x.dtype),
                   _scratch("out", (p.F * p.block * L,), x.dtype))
 
-        with threads.blas_single_thread():
-            threads.run_shares(run_share, n_blocks)
+        threads.hold_blas()
+        threads.run_shares(run_share, n_blocks)
         return
     Wm = W.reshape(p.F, K)
     xf = x.reshape(-1)
@@ -165,8 +165,8 @@ def forward_blocks(x: np.ndarray, W: np.ndarray, plan: ConvPlan,
         np.matmul(Wm, col, out=out)
         epilogue(n0, m, out)
 
-    with threads.blas_single_thread():
-        threads.run_blocks(block, n_blocks)
+    threads.hold_blas()
+    threads.run_blocks(block, n_blocks)
 
 
 #: ``share(first, step, dmat, col, dcol, dwt_parts, db_parts, dxf)`` (``dxf`` a 1-element dummy without dx)
@@ -199,8 +199,8 @@ def backward_blocks(x: np.ndarray, W: np.ndarray, plan: ConvPlan,
             share(first, step, _scratch("dmat", (F * size,), dtype), _scratch("col", (K * size,), dtype),
                   _scratch("dcol", (K * size,), dtype), dWt_parts, db_parts, dx_target)
 
-        with threads.blas_single_thread():
-            threads.run_shares(run_share, n_blocks)
+        threads.hold_blas()
+        threads.run_shares(run_share, n_blocks)
         return dx, _dw_from_parts(dWt_parts, p), _sum_blocks(db_parts).astype(dtype)
 
     def block(k: int) -> None:
@@ -216,8 +216,8 @@ def backward_blocks(x: np.ndarray, W: np.ndarray, plan: ConvPlan,
             np.matmul(WmT, dmat, out=dcol)
             _col2im_block(dcol.reshape(-1), p.C, p.H, p.W, n0, m, *p.taps(), dxf)
 
-    with threads.blas_single_thread():
-        threads.run_blocks(block, n_blocks)
+    threads.hold_blas()
+    threads.run_blocks(block, n_blocks)
     return dx, _dw_from_parts(dWt_parts, p), _sum_blocks(db_parts).astype(dtype)
 
 

@@ -53,8 +53,8 @@ def _rows_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         r0, r1 = blocks[i]
         np.matmul(a[r0:r1], b, out=out[r0:r1])
 
-    with threads.blas_single_thread():
-        threads.run_blocks(task, len(blocks))
+    threads.hold_blas()
+    threads.run_blocks(task, len(blocks))
 
 
 def dense_forward(x: np.ndarray, W: np.ndarray,

@@ -32,7 +32,7 @@ try:
 except ImportError:  # pragma: no cover - threadpoolctl is a dependency of the fast path
     ThreadpoolController = None
 
-__all__ = ["blas_single_thread", "hold_blas", "release_blas", "run_blocks", "run_shares", "set_workers",
+__all__ = ["hold_blas", "release_blas", "run_blocks", "run_shares", "set_workers",
            "using_workers", "workers"]
 
 _FORCED: int | None = None
@@ -108,13 +108,6 @@ def release_blas() -> None:
         n = _HELD.pop(id(c), None)
         if n is not None:
             c.set_num_threads(n)
-
-
-@contextlib.contextmanager
-def blas_single_thread() -> Iterator[None]:
-    """BLAS at one thread inside the block, and after it (see :func:`hold_blas`)."""
-    hold_blas()
-    yield
 
 
 def _executor(n: int) -> ThreadPoolExecutor:
