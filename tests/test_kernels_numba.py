@@ -297,35 +297,42 @@ def test_nan_propagates_through_pooling_like_the_reference(numba_cpu):
 # ------------------------------------------------------------------------------------------- whole shares
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("workers", [1, 2])
-def test_whole_shares_equal_the_per_block_path(numba_cpu, monkeypatch, dtype, workers):
-    """BLAS called from inside Numba (one compiled call per thread) gives bitwise the per-block np.matmul results."""
+def test_whole_shares_equal_the_python_driven_path(numba_cpu, monkeypatch, dtype):
+    """BLAS called from inside Numba (one compiled call per thread) and the Python-driven per-sample path
+    (``np.matmul``, used where NumPy's BLAS is out of Numba's reach) agree within the tolerance, and each
+    gives bitwise the same results on 1 and 2 threads."""
     conv, fused, blas = numba_cpu.conv, numba_cpu.fused, pytest.importorskip("xpcnn.kernels.numba_cpu.blas")
     if not blas.AVAILABLE:
         pytest.skip("no OpenBLAS bundled with this NumPy: the whole-share path is not used here")
-    rng = np.random.default_rng(11)
     results = {}
     for shares in (False, True):
         monkeypatch.setattr(conv, "WHOLE_SHARES", shares)
-        out = []
-        for case in conv_cases(4, 12)[:6]:
-            x = rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(dtype)
-            W = rng.standard_normal((case["F"], case["C"], *case["K"])).astype(dtype)
-            b = rng.standard_normal(case["F"]).astype(dtype) if case["bias"] else None
-            with numba_cpu.threads.using_workers(workers):
-                for relu in (False, True):
-                    y, c = conv.conv2d_forward(x, W, b, case["s"], case["p"], case["d"], relu=relu)
-                    out += [y, *(g for g in conv.conv2d_backward(np.cos(y), c, True))]
-                    out += [g for g in conv.conv2d_backward(np.cos(y), c, False) if g is not None]
-                if min(y.shape[2:]) >= 2:
-                    g = pool_geometry(y.shape, 2)
-                    z, zc = fused.fused_forward(x, W, b, case["s"], case["p"], case["d"], g)
-                    out += [z, zc.argmax, *fused.fused_backward(np.sin(z), zc, True)]
-        results[shares] = out
-        rng = np.random.default_rng(11)
-    assert len(results[True]) == len(results[False]) > 40
-    for per_block, share in zip(results[False], results[True]):
-        assert per_block.dtype == share.dtype and per_block.tobytes() == share.tobytes()
+        for workers in (1, 2):
+            rng = np.random.default_rng(11)
+            out = []
+            for case in conv_cases(4, 12)[:6]:
+                x = rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(dtype)
+                W = rng.standard_normal((case["F"], case["C"], *case["K"])).astype(dtype)
+                b = rng.standard_normal(case["F"]).astype(dtype) if case["bias"] else None
+                with numba_cpu.threads.using_workers(workers):
+                    for relu in (False, True):
+                        y, c = conv.conv2d_forward(x, W, b, case["s"], case["p"], case["d"], relu=relu)
+                        out += [y, *(g for g in conv.conv2d_backward(np.cos(y), c, True))]
+                        out += [g for g in conv.conv2d_backward(np.cos(y), c, False) if g is not None]
+                    if min(y.shape[2:]) >= 2:
+                        g = pool_geometry(y.shape, 2)
+                        z, zc = fused.fused_forward(x, W, b, case["s"], case["p"], case["d"], g)
+                        out += [z, zc.argmax, *fused.fused_backward(np.sin(z), zc, True)]
+            results[shares, workers] = out
+    assert len(results[True, 1]) == len(results[False, 1]) > 40
+    for shares in (False, True):
+        for one, two in zip(results[shares, 1], results[shares, 2]):
+            assert one.dtype == two.dtype and one.tobytes() == two.tobytes()
+    for python_driven, share in zip(results[False, 1], results[True, 1]):
+        if python_driven.dtype.kind == "i":  # pooling indices: exact unless a window holds a near-tie
+            assert np.mean(python_driven == share) > 0.99
+        else:
+            close(share, python_driven, dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -6,8 +6,8 @@ Importing this package (the registry does it the first time an op sees a NumPy a
 ================== ==================================================== =====================================
 op                 module                                               eligible when
 ================== ==================================================== =====================================
-``conv2d``         :mod:`.conv` (blocked implicit GEMM, 1 BLAS call      float32/float64, ungrouped, any
-                   per product per block); :mod:`.depthwise` (direct    stride/padding/dilation; or
+``conv2d``         :mod:`.conv` (per-sample tap-row GEMMs, one BLAS     float32/float64, ungrouped, any
+                   call per kernel row); :mod:`.depthwise` (direct      stride/padding/dilation; or
                    loops)                                               depthwise (groups == C == F)
 ``dense``          :mod:`.dense` (row blocks on the set's threads,      float32/float64, (N, in) @ (in, out)
                    BLAS at one thread)
@@ -15,7 +15,7 @@ op                 module                                               eligible
 ``avg_pool2d``     :mod:`.pool`                                         float32/float64, (N, C, H, W)
 ``batch_norm``     :mod:`.norm`                                         float32/float64, (N, D) or (N, C, H, W)
 ``optimizer_update`` :mod:`.updates` (in place)                         contiguous writable float arrays
-fused Conv->ReLU-> :mod:`.fused` (one pass per block; planned by         as ``conv2d`` and ``max_pool2d``
+fused Conv->ReLU-> :mod:`.fused` (one pass per sample; planned by        as ``conv2d`` and ``max_pool2d``
 MaxPool            :mod:`xpcnn.kernels.fusion`)
 fused BatchNorm->  :mod:`.norm` (ReLU applied as the output is stored,      as ``batch_norm``
 ReLU               its sign masks ``dout`` in the backward)
@@ -25,8 +25,9 @@ Anything else falls back to the reference (:mod:`xpcnn.functional`).  Numba miss
 import raises ImportError here, which the registry announces once before using the reference.
 Threads: :mod:`.threads` (the BLAS thread limit decides; results are bitwise the same for any count).
 GEMM: :mod:`.blas` lets the convolution kernels call NumPy's bundled OpenBLAS from inside Numba, so each
-thread runs its whole share of blocks in one compiled call (``xpcnn info`` shows ``numba_cpu_gemm``);
-without a bundled OpenBLAS they call ``np.matmul`` per block, with the same results.
+thread runs its whole share of samples in one compiled call (``xpcnn info`` shows ``numba_cpu_gemm``);
+without a bundled OpenBLAS they drive each sample from Python with ``np.matmul`` (the same products,
+equal within rounding).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""NumPy's own BLAS GEMM, callable from inside Numba kernels (so a whole run of blocks is one ``nogil`` call).
+"""NumPy's own BLAS GEMM, callable from inside Numba kernels (so a thread's whole share is one ``nogil`` call).
 
-The convolution kernels multiply per block of samples.  Calling ``np.matmul`` per block from Python means
-the worker threads take the GIL several times per block (the Numba calls around it, the matmul call), and on
-small layers those hand-overs cost more than the second thread gains.  With :func:`gemm` a kernel builds the
-columns, multiplies and scatters every block of its share in one compiled call.
+The convolution kernels multiply per sample, a few GEMMs each.  Calling ``np.matmul`` per product from
+Python means the worker threads take the GIL several times per sample (the Numba calls around it, the
+matmul calls), and on small layers those hand-overs cost more than the second thread gains.  With
+:func:`gemm` (``C = op(A) @ op(B)``) and :func:`gemm_add` (``C += op(A) @ op(B)``) a kernel lays out the
+rows, multiplies and scatters every sample of its share in one compiled call.
 
 :func:`gemm` calls the ``cblas_?gemm`` of the OpenBLAS that NumPy's wheels bundle (``scipy_openblas64_``:
 64-bit integers, symbols ``scipy_cblas_sgemm64_`` / ``scipy_cblas_dgemm64_``), the library ``np.matmul``
@@ -45,7 +46,7 @@ except Exception as exc:  # the same announcement as ._jit's: the registry falls
 
 from ._jit import jit
 
-__all__ = ["AVAILABLE", "INT_BITS", "LIBRARY", "gemm", "matmul_into"]
+__all__ = ["AVAILABLE", "INT_BITS", "LIBRARY", "gemm", "gemm_add", "matmul_into"]
 
 #: (name of the library file, int width) of the BLAS found, or ("", 0)
 LIBRARY, INT_BITS = "", 0
@@ -92,9 +93,20 @@ def _load() -> None:
 _load()
 
 
-def _gemm(typingctx: Any, trans_a: Any, trans_b: Any, m: Any, n: Any, k: Any, a: Any, lda: Any, b: Any, ldb: Any,
-         c: Any, ldc: Any) -> Any:
-    """``C[:m, :n] = op(A) @ op(B)`` (row-major, ``op`` a transpose where ``trans_*`` is true), inside Numba.
+def _gemm_overwrite(typingctx: Any, trans_a: Any, trans_b: Any, m: Any, n: Any, k: Any, a: Any, lda: Any, b: Any,
+                    ldb: Any, c: Any, ldc: Any) -> Any:
+    return _gemm(0.0, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc)
+
+
+def _gemm_accumulate(typingctx: Any, trans_a: Any, trans_b: Any, m: Any, n: Any, k: Any, a: Any, lda: Any, b: Any,
+                     ldb: Any, c: Any, ldc: Any) -> Any:
+    return _gemm(1.0, trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc)
+
+
+def _gemm(beta: float, trans_a: Any, trans_b: Any, m: Any, n: Any, k: Any, a: Any, lda: Any, b: Any, ldb: Any,
+          c: Any, ldc: Any) -> Any:
+    """``C[:m, :n] = op(A) @ op(B) + beta * C`` (row-major, ``op`` a transpose where ``trans_*`` is true),
+    inside Numba.
 
     ``a``, ``b``, ``c``: C-contiguous arrays of one float dtype whose data start the matrices;
     ``lda``/``ldb``/``ldc`` their row strides in elements.  Only where :data:`AVAILABLE`.
@@ -126,14 +138,16 @@ def _gemm(typingctx: Any, trans_a: Any, trans_b: Any, m: Any, n: Any, k: Any, a:
         a_ty, b_ty, c_ty = signature.args[5], signature.args[7], signature.args[9]
         builder.call(fn, [ir.Constant(i32, ROW_MAJOR), flag(ta), flag(tb), mm, nn, kk,
                           ir.Constant(real, 1.0), data(av, a_ty), la, data(bv, b_ty), lb,
-                          ir.Constant(real, 0.0), data(cv, c_ty), lc])
+                          ir.Constant(real, beta), data(cv, c_ty), lc])
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-#: the GEMM intrinsic (typed ``Any``: Numba passes the typing context itself)
-gemm: Any = intrinsic(_gemm)
+#: the GEMM intrinsics (typed ``Any``: Numba passes the typing context itself): ``gemm`` writes ``C``,
+#: ``gemm_add`` adds the product to it
+gemm: Any = intrinsic(_gemm_overwrite)
+gemm_add: Any = intrinsic(_gemm_accumulate)
 
 
 @jit

@@ -1,10 +1,11 @@
-"""The Numba kernels of the blocked implicit-GEMM convolution (:mod:`.conv` drives them).
+"""The Numba kernels of the tap-row convolution (:mod:`.conv` drives them; its docstring has the layouts).
 
-Layouts as :mod:`.conv`'s docstring: ``col_b: (K, nb*L)`` with channel-major rows, GEMM output ``(F, nb*L)``,
-every array passed flat.  ``_im2col_block``/``_col2im_block`` build and scatter a block's columns,
-``_epilogue`` adds the bias (and ReLU) into ``y``, ``_gather_dout*`` lay a block's output gradient out as
-``dmat`` with its bias-gradient partial; the ``*_share`` kernels run a thread's whole share of blocks,
-calling NumPy's OpenBLAS through :mod:`.blas`.
+Per sample ``n``: :func:`_build_rows` copies ``x[n]`` into the row matrix ``rows: (KK, ncol)``,
+:func:`_tap_products` adds up one GEMM per tap row into the output, :func:`_bias_relu` finishes it in
+place; backward, :func:`_sample_backward` adds the sample's weight gradient into its block's partial and
+scatters ``dx[n]`` (:func:`_scatter_rows`, the adjoint of :func:`_build_rows`).  The ``*_share`` kernels run
+a thread's share of samples (forward) or of blocks of samples (backward) in one compiled call, calling
+NumPy's OpenBLAS through :mod:`.blas`.  Every array is passed flat.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from ._jit import jit, jit_sum
 # Kernels index flat arrays with unsigned (uint64) offsets: Numba skips its negative-index wraparound
 # for unsigned indices, which lets LLVM vectorise the row copies (6x faster than 4-D signed indexing).
 # Offsets are computed as int64 and converted once per row.
+#
+# The geometry arguments, in this order everywhere ("geom" below):
+#   C, H, W, KW, sh, sw, ph, pw, dw, OW, Q, phases
+
 
 @jit
 def _row_range(OW, off, sw, W):  # pragma: no cover - compiled
@@ -32,173 +37,189 @@ def _row_range(OW, off, sw, W):  # pragma: no cover - compiled
 
 
 @jit
-def _im2col_block(xf, C, H, W, n0, nb, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, colf):  # pragma: no cover
-    """x (flat (N, C, H, W)) -> col (flat (C*KH*KW, nb*OH*OW)) for samples n0 .. n0+nb-1 (zeros in padding)."""
-    L = OH * OW
-    ncol = nb * L
+def _build_rows(xf, n, C, H, W, KW, sh, sw, ph, pw, dw, OW, Q, phases, rowsf):  # pragma: no cover
+    """x[n] -> rows (flat (C*KW, S*Q*OW), S = len(phases)): row ``c*KW + j``, column ``(s*Q + q)*OW + ow``
+    holds ``x[n, c, q*sh + phases[s] - ph, ow*sw + j*dw - pw]`` (0 in the padding)."""
+    S = phases.shape[0]
+    ncol = S * Q * OW
     usw = np.uint64(sw)
-    zero = colf.dtype.type(0)
+    zero = rowsf.dtype.type(0)
     for c in range(C):
-        for i in range(KH):
-            for j in range(KW):
-                r = (c * KH + i) * KW + j
-                off = j * dw - pw
-                lo, hi = _row_range(OW, off, sw, W)
-                for s in range(nb):
-                    for oh in range(OH):
-                        dst = np.uint64(r * ncol + s * L + oh * OW)
-                        ih = oh * sh - ph + i * dh
-                        if ih < 0 or ih >= H:
-                            for ow in range(np.uint64(OW)):
-                                colf[dst + ow] = zero
-                            continue
-                        for ow in range(np.uint64(lo)):
-                            colf[dst + ow] = zero
-                        src = np.uint64((((n0 + s) * C + c) * H + ih) * W + off + lo * sw)
-                        d2 = dst + np.uint64(lo)
-                        if sw == 1:
-                            for ow in range(np.uint64(hi - lo)):
-                                colf[d2 + ow] = xf[src + ow]
-                        else:
-                            for ow in range(np.uint64(hi - lo)):
-                                colf[d2 + ow] = xf[src + ow * usw]
-                        for ow in range(np.uint64(hi), np.uint64(OW)):
-                            colf[dst + ow] = zero
+        for j in range(KW):
+            r = c * KW + j
+            off = j * dw - pw
+            lo, hi = _row_range(OW, off, sw, W)
+            for s in range(S):
+                for q in range(Q):
+                    dst = np.uint64(r * ncol + (s * Q + q) * OW)
+                    ih = q * sh + phases[s] - ph
+                    if ih < 0 or ih >= H:
+                        for ow in range(np.uint64(OW)):
+                            rowsf[dst + ow] = zero
+                        continue
+                    for ow in range(np.uint64(lo)):
+                        rowsf[dst + ow] = zero
+                    src = np.uint64(((n * C + c) * H + ih) * W + off + lo * sw)
+                    d2 = dst + np.uint64(lo)
+                    if sw == 1:
+                        for ow in range(np.uint64(hi - lo)):
+                            rowsf[d2 + ow] = xf[src + ow]
+                    else:
+                        for ow in range(np.uint64(hi - lo)):
+                            rowsf[d2 + ow] = xf[src + ow * usw]
+                    for ow in range(np.uint64(hi), np.uint64(OW)):
+                        rowsf[dst + ow] = zero
 
 
 @jit
-def _col2im_block(dcolf, C, H, W, n0, nb, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dxf):  # pragma: no cover
-    """The adjoint of :func:`_im2col_block`: dx[n0 : n0+nb] (flat) = scatter-add of dcol (C*KH*KW, nb*OH*OW)."""
-    L = OH * OW
-    ncol = nb * L
+def _scatter_rows(drowsf, n, C, H, W, KW, sh, sw, ph, pw, dw, OW, Q, phases, dxf):  # pragma: no cover
+    """The adjoint of :func:`_build_rows`: dx[n] = the scatter-add of ``drows`` (dx[n] is overwritten)."""
+    S = phases.shape[0]
+    ncol = S * Q * OW
     usw = np.uint64(sw)
     zero = dxf.dtype.type(0)
-    first = np.uint64(n0 * C * H * W)
-    for k in range(np.uint64(nb * C * H * W)):
+    first = np.uint64(n * C * H * W)
+    for k in range(np.uint64(C * H * W)):
         dxf[first + k] = zero
-    for s in range(nb):
-        for c in range(C):
-            for i in range(KH):
-                for j in range(KW):
-                    r = (c * KH + i) * KW + j
-                    off = j * dw - pw
-                    lo, hi = _row_range(OW, off, sw, W)
-                    for oh in range(OH):
-                        ih = oh * sh - ph + i * dh
-                        if ih < 0 or ih >= H:
-                            continue
-                        src = np.uint64(r * ncol + s * L + oh * OW + lo)
-                        dst = np.uint64((((n0 + s) * C + c) * H + ih) * W + off + lo * sw)
-                        if sw == 1:
-                            for ow in range(np.uint64(hi - lo)):
-                                dxf[dst + ow] += dcolf[src + ow]
-                        else:
-                            for ow in range(np.uint64(hi - lo)):
-                                dxf[dst + ow * usw] += dcolf[src + ow]
+    for c in range(C):
+        for j in range(KW):
+            r = c * KW + j
+            off = j * dw - pw
+            lo, hi = _row_range(OW, off, sw, W)
+            for s in range(S):
+                for q in range(Q):
+                    ih = q * sh + phases[s] - ph
+                    if ih < 0 or ih >= H:
+                        continue
+                    src = np.uint64(r * ncol + (s * Q + q) * OW + lo)
+                    dst = np.uint64(((n * C + c) * H + ih) * W + off + lo * sw)
+                    if sw == 1:
+                        for ow in range(np.uint64(hi - lo)):
+                            dxf[dst + ow] += drowsf[src + ow]
+                    else:
+                        for ow in range(np.uint64(hi - lo)):
+                            dxf[dst + ow * usw] += drowsf[src + ow]
 
 
 @jit
-def _epilogue(outf, b, has_bias, relu, F, L, n0, nb, yf):  # pragma: no cover - compiled
-    """out (flat (F, nb*L)) -> y[n0 + s, f, :] = out[f, s*L : (s+1)*L] (+ b[f]), then max(., 0) if relu."""
-    ncol = nb * L
+def _tap_products(Wp, rowsf, ncol, offsets, F, KK, L, outf):  # pragma: no cover - compiled
+    """out (flat (F, L)) = sum over tap rows t of ``Wp[t] @ rows[:, offsets[t] : offsets[t] + L]``
+    (``Wp``: flat (KH, F, KK)), added in tap order."""
+    for t in range(offsets.shape[0]):
+        a = Wp[t * F * KK:]
+        b = rowsf[offsets[t]:]
+        if t == 0:
+            blas.gemm(False, False, F, L, KK, a, KK, b, ncol, outf, L)
+        else:
+            blas.gemm_add(False, False, F, L, KK, a, KK, b, ncol, outf, L)
+
+
+@jit
+def _bias_relu(yf, n, F, L, b, has_bias, relu):  # pragma: no cover - compiled
+    """y[n] (flat (N, F, L)) += b[f] per channel, then max(., 0) if ``relu`` (NaN stays NaN), in place."""
     zero = yf.dtype.type(0)
-    for s in range(nb):
-        for f in range(F):
-            bf = b[f] if has_bias else zero
-            src = np.uint64(f * ncol + s * L)
-            dst = np.uint64(((n0 + s) * F + f) * L)
-            if relu:
-                for l in range(np.uint64(L)):
-                    v = outf[src + l] + bf
-                    yf[dst + l] = zero if v <= zero else v  # NaN stays NaN, as np.maximum
-            else:
-                for l in range(np.uint64(L)):
-                    yf[dst + l] = outf[src + l] + bf
+    for f in range(F):
+        bf = b[f] if has_bias else zero
+        base = np.uint64((n * F + f) * L)
+        if relu:
+            for l in range(np.uint64(L)):
+                v = yf[base + l] + bf
+                yf[base + l] = zero if v <= zero else v
+        elif has_bias:
+            for l in range(np.uint64(L)):
+                yf[base + l] += bf
 
 
 @jit_sum
-def _gather_dout(doutf, F, L, n0, nb, dmatf, dbias):  # pragma: no cover - compiled
-    """dout (flat (N, F, L)) -> dmat (flat (F, nb*L)) for samples n0 .. n0+nb-1; dbias[f] = their sum (float64)."""
-    ncol = nb * L
+def _add_bias_grad(doutf, n, F, L, dbias):  # pragma: no cover - compiled
+    """dbias[f] += sum of dout[n, f, :] (float64)."""
     for f in range(F):
         acc = 0.0
-        for s in range(nb):
-            src = np.uint64(((n0 + s) * F + f) * L)
-            dst = np.uint64(f * ncol + s * L)
-            for l in range(np.uint64(L)):
-                v = doutf[src + l]
-                dmatf[dst + l] = v
-                acc += v
-        dbias[f] = acc
+        src = np.uint64((n * F + f) * L)
+        for l in range(np.uint64(L)):
+            acc += doutf[src + l]
+        dbias[f] += acc
+
+
+@jit_sum
+def _mask_relu(doutf, yf, n, F, L, dmatf, dbias):  # pragma: no cover - compiled
+    """dmat (flat (F, L)) = dout[n] * (y[n] > 0) (the gradient through a fused ReLU); dbias[f] += its sums."""
+    zero = dmatf.dtype.type(0)
+    for f in range(F):
+        acc = 0.0
+        src = np.uint64((n * F + f) * L)
+        dst = np.uint64(f * L)
+        for l in range(np.uint64(L)):
+            v = doutf[src + l] if yf[src + l] > zero else zero
+            dmatf[dst + l] = v
+            acc += v
+        dbias[f] += acc
+
+
+@jit
+def _sample_backward(xf, Wp, offsets, dmatf, n, accumulate, F, L, C, H, W, KW, sh, sw, ph, pw, dw, OW, Q, phases,
+                     rowsf, drowsf, part, need_dx, dxf):  # pragma: no cover - compiled
+    """One sample's backward from its output gradient ``dmat: (F, L)``:
+
+    part[t] (flat (KH, KK, F)) (+)= rows[:, offsets[t] : offsets[t] + L] @ dmat^T   (dW^T of tap row t;
+    overwritten unless ``accumulate``), and, with ``need_dx``, drows[:, offsets[t] :] += Wp[t]^T @ dmat,
+    scattered into dx[n].
+    """
+    KK = C * KW
+    ncol = phases.shape[0] * Q * OW
+    _build_rows(xf, n, C, H, W, KW, sh, sw, ph, pw, dw, OW, Q, phases, rowsf)
+    T = offsets.shape[0]
+    for t in range(T):
+        b = rowsf[offsets[t]:]
+        c = part[t * KK * F:]
+        if accumulate:
+            blas.gemm_add(False, True, KK, F, L, b, ncol, dmatf, L, c, F)
+        else:
+            blas.gemm(False, True, KK, F, L, b, ncol, dmatf, L, c, F)
+    if not need_dx:
+        return
+    if T == 1 and L == ncol:  # one product covers every column
+        blas.gemm(True, False, KK, L, F, Wp, KK, dmatf, L, drowsf, ncol)
+    else:
+        zero = drowsf.dtype.type(0)
+        for k in range(np.uint64(KK * ncol)):
+            drowsf[k] = zero
+        for t in range(T):
+            blas.gemm_add(True, False, KK, L, F, Wp[t * F * KK:], KK, dmatf, L, drowsf[offsets[t]:], ncol)
+    _scatter_rows(drowsf, n, C, H, W, KW, sh, sw, ph, pw, dw, OW, Q, phases, dxf)
 
 
 # ----------------------------------------------------------------------------------- whole shares
 
-# With :mod:`.blas` available, each thread runs its share of blocks (``first, first + step, ...``) in one
-# compiled call: the GIL is taken once per thread per op instead of several times per block.
+# With :mod:`.blas` available, each thread runs its share in one compiled call: the GIL is taken once per
+# thread per op.  Forward shares are samples ``first, first + step, ...``; backward shares are blocks of
+# ``G`` samples (each block adds its samples' weight gradients, in sample order, into its own partial).
 
 @jit
-def _forward_product(xf, Wf, n0, m, C, H, W, F, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, colf,
-                     outf):  # pragma: no cover - compiled
-    """A block's forward product: its columns, then ``out = Wm @ col`` (flat ``(F, m*L)``)."""
-    K = C * KH * KW
-    L = OH * OW
-    _im2col_block(xf, C, H, W, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, colf)
-    blas.gemm(False, False, F, m * L, K, Wf, K, colf, m * L, outf, m * L)
-
-
-@jit
-def _forward_share(xf, Wf, bias, has_bias, relu, N, nb_max, first, step, C, H, W, F, KH, KW, sh, sw, ph, pw,
-                   dh, dw, OH, OW, colf, outf, yf):  # pragma: no cover - compiled
-    """Conv forward of blocks ``first, first + step, ...``: :func:`_forward_product`, then :func:`_epilogue`."""
-    for k in range(first, (N + nb_max - 1) // nb_max, step):
-        n0 = k * nb_max
-        m = min(nb_max, N - n0)
-        _forward_product(xf, Wf, n0, m, C, H, W, F, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, colf, outf)
-        _epilogue(outf, bias, has_bias, relu, F, OH * OW, n0, m, yf)
+def _forward_share(xf, Wp, offsets, bias, has_bias, relu, N, first, step, F, L, C, H, W, KW, sh, sw, ph, pw, dw, OW,
+                   Q, phases, rowsf, yf):  # pragma: no cover - compiled
+    """Conv forward of samples ``first, first + step, ...`` straight into y (flat (N, F, L))."""
+    KK = C * KW
+    ncol = phases.shape[0] * Q * OW
+    for n in range(first, N, step):
+        _build_rows(xf, n, C, H, W, KW, sh, sw, ph, pw, dw, OW, Q, phases, rowsf)
+        _tap_products(Wp, rowsf, ncol, offsets, F, KK, L, yf[n * F * L:])
+        if has_bias or relu:
+            _bias_relu(yf, n, F, L, bias, has_bias, relu)
 
 
 @jit
-def _backward_products(xf, Wf, k, n0, m, C, H, W, F, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dmatf, colf,
-                       dcolf, dwt_parts, need_dx, dxf):  # pragma: no cover - compiled
-    """A block's products once its ``dmat`` is filled: ``dW_k^T = col @ dmat^T``, ``dx`` via ``Wm^T @ dmat``."""
-    K = C * KH * KW
-    L = OH * OW
-    _im2col_block(xf, C, H, W, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, colf)
-    blas.gemm(False, True, K, F, m * L, colf, m * L, dmatf, m * L, dwt_parts[k], F)
-    if need_dx:
-        blas.gemm(True, False, K, m * L, F, Wf, K, dmatf, m * L, dcolf, m * L)
-        _col2im_block(dcolf, C, H, W, n0, m, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dxf)
-
-
-@jit
-def _backward_share(xf, Wf, doutf, yf, relu, N, nb_max, first, step, C, H, W, F, KH, KW, sh, sw, ph, pw, dh, dw,
-                    OH, OW, dmatf, colf, dcolf, dwt_parts, db_parts, need_dx, dxf):  # pragma: no cover - compiled
+def _backward_share(xf, Wp, offsets, doutf, yf, relu, N, G, first, step, F, L, C, H, W, KW, sh, sw, ph, pw, dw, OW,
+                    Q, phases, dmatf, rowsf, drowsf, parts, db_parts, need_dx, dxf):  # pragma: no cover - compiled
     """Conv backward of blocks ``first, first + step, ...`` (``relu``: through a fused ReLU, ``yf`` its output)."""
-    L = OH * OW
-    for k in range(first, (N + nb_max - 1) // nb_max, step):
-        n0 = k * nb_max
-        m = min(nb_max, N - n0)
-        if relu:
-            _gather_dout_relu(doutf, yf, F, L, n0, m, dmatf, db_parts[k])
-        else:
-            _gather_dout(doutf, F, L, n0, m, dmatf, db_parts[k])
-        _backward_products(xf, Wf, k, n0, m, C, H, W, F, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, dmatf, colf,
-                           dcolf, dwt_parts, need_dx, dxf)
-
-
-@jit_sum
-def _gather_dout_relu(doutf, yf, F, L, n0, nb, dmatf, dbias):  # pragma: no cover - compiled
-    """:func:`_gather_dout` of ``dout * (y > 0)`` (the gradient through a fused ReLU)."""
-    ncol = nb * L
-    zero = dmatf.dtype.type(0)
-    for f in range(F):
-        acc = 0.0
-        for s in range(nb):
-            src = np.uint64(((n0 + s) * F + f) * L)
-            dst = np.uint64(f * ncol + s * L)
-            for l in range(np.uint64(L)):
-                v = doutf[src + l] if yf[src + l] > zero else zero
-                dmatf[dst + l] = v
-                acc += v
-        dbias[f] = acc
+    for k in range(first, (N + G - 1) // G, step):
+        db_parts[k, :] = 0.0
+        for n in range(k * G, min(N, k * G + G)):
+            if relu:
+                _mask_relu(doutf, yf, n, F, L, dmatf, db_parts[k])
+                _sample_backward(xf, Wp, offsets, dmatf, n, n > k * G, F, L, C, H, W, KW, sh, sw, ph, pw, dw, OW, Q,
+                                 phases, rowsf, drowsf, parts[k], need_dx, dxf)
+            else:  # dout[n] is already (F, L)
+                _sample_backward(xf, Wp, offsets, doutf[n * F * L:], n, n > k * G, F, L, C, H, W, KW, sh, sw, ph,
+                                 pw, dw, OW, Q, phases, rowsf, drowsf, parts[k], need_dx, dxf)
+                _add_bias_grad(doutf, n, F, L, db_parts[k])
