@@ -1,11 +1,13 @@
 """Batch normalisation in Numba for ``(N, D)`` and ``(N, C, H, W)``, forward and backward.
 
 The math is :mod:`xpcnn.functional.norm`'s (biased batch variance, PyTorch's running-statistics update,
-``dx = gamma * inv_std * (dout - dbeta/M - xhat * dgamma/M)``), with every per-feature sum accumulated in
-float64.  The input is viewed as ``(N, C, S)`` (``S = H*W``, or 1 for ``(N, D)``); the cache keeps ``x``
-and the per-feature mean and ``1/sqrt(var + eps)`` instead of ``xhat`` (``xhat`` is recomputed in the
-backward pass).  Features are split between the worker threads: each feature's sums run on one
-thread in a fixed order, so any thread count gives the same bits.
+``dx = gamma * inv_std * (dout - dbeta/M - xhat * dgamma/M)``).  Every per-feature sum is accumulated in
+float64 over sums of rows of ``S`` values taken in the input's dtype (vector lanes); the per-element work
+is in the input's dtype too, as in PyTorch's CPU kernel (``y = x * scale + shift``).  The input is viewed
+as ``(N, C, S)`` (``S = H*W``, or 1 for ``(N, D)``); the cache keeps ``x`` and the per-feature mean and
+``1/sqrt(var + eps)`` instead of ``xhat`` (``xhat`` is recomputed in the backward pass).  Features are
+split between the worker threads: each feature's sums run on one thread in a fixed order, so any thread
+count gives the same bits.
 """
 
 from __future__ import annotations
@@ -26,41 +28,47 @@ FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 @jit_sum
 def _stats(xf, N, C, S, c0, c1, mean, var):  # pragma: no cover - compiled
-    """Per feature c in [c0, c1): mean and biased variance over (n, s), two passes in float64."""
+    """Per feature c in [c0, c1): mean and biased variance over (n, s), two passes (sums of each row of ``S``
+    values in the input's dtype, added up in float64)."""
     M = N * S
     for c in range(c0, c1):
         acc = 0.0
         for n in range(N):
             base = np.uint64((n * C + c) * S)
+            row = xf.dtype.type(0)
             for s in range(np.uint64(S)):
-                acc += xf[base + s]
+                row += xf[base + s]
+            acc += row
         mu = acc / M
+        m = xf.dtype.type(mu)
         acc2 = 0.0
         for n in range(N):
             base = np.uint64((n * C + c) * S)
+            row = xf.dtype.type(0)
             for s in range(np.uint64(S)):
-                d = xf[base + s] - mu
-                acc2 += d * d
+                d = xf[base + s] - m
+                row += d * d
+            acc2 += row
         mean[c] = mu
         var[c] = acc2 / M
 
 
 @jit
-def _affine(xf, N, C, S, c0, c1, mean, inv_std, gamma, beta, relu, yf):  # pragma: no cover - compiled
-    """y = (x - mean) * inv_std * gamma + beta per feature (float64 arithmetic, cast on store), then
-    max(y, 0) if ``relu`` (NaN stays NaN, as the ReLU op)."""
+def _affine(xf, N, C, S, c0, c1, scale, shift, relu, yf):  # pragma: no cover - compiled
+    """y = x * scale + shift per feature (``scale = gamma * inv_std``, ``shift = beta - mean * scale``, in the
+    input's dtype), then max(y, 0) if ``relu`` (NaN stays NaN, as the ReLU op)."""
     zero = yf.dtype.type(0)
     for c in range(c0, c1):
-        mu, inv, g, b = mean[c], inv_std[c], np.float64(gamma[c]), np.float64(beta[c])
+        a, b = scale[c], shift[c]
         for n in range(N):
             base = np.uint64((n * C + c) * S)
             if relu:
                 for s in range(np.uint64(S)):
-                    v = yf.dtype.type((xf[base + s] - mu) * inv * g + b)
+                    v = xf[base + s] * a + b
                     yf[base + s] = zero if v <= zero else v
             else:
                 for s in range(np.uint64(S)):
-                    yf[base + s] = (xf[base + s] - mu) * inv * g + b
+                    yf[base + s] = xf[base + s] * a + b
 
 
 @jit_sum
@@ -68,32 +76,41 @@ def _backward(doutf, xf, N, C, S, c0, c1, mean, inv_std, gamma, train, relu, yf,
               dbeta):  # pragma: no cover - compiled
     """dgamma = sum dout*xhat, dbeta = sum dout; dx as in the module docstring (eval: dout*gamma*inv_std).
 
+    Row sums in the input's dtype, added up in float64; dx = k1*dout + k2*(x - mean) + k3 per feature.
     With ``relu``, ``dout`` is first masked by ``y > 0`` (``yf``: the fused ReLU's output)."""
     M = N * S
-    zero = yf.dtype.type(0)
+    t = xf.dtype.type
+    zero = t(0)
     for c in range(c0, c1):
         mu, inv, g = mean[c], inv_std[c], np.float64(gamma[c])
+        m = t(mu)
         sb = 0.0
         sg = 0.0
         for n in range(N):
             base = np.uint64((n * C + c) * S)
+            rb = zero
+            rg = zero
             for s in range(np.uint64(S)):
-                d = np.float64(doutf[base + s]) if not relu or yf[base + s] > zero else 0.0
-                sb += d
-                sg += d * ((xf[base + s] - mu) * inv)
+                d = doutf[base + s] if not relu or yf[base + s] > zero else zero
+                rb += d
+                rg += d * (xf[base + s] - m)
+            sb += rb
+            sg += rg
+        sg *= inv
         dbeta[c] = sb
         dgamma[c] = sg
         scale = g * inv
         mb = sb / M
         mg = sg / M
-        if not train:
+        if not train:  # eval mode: dx = scale * dout
             mb = 0.0
             mg = 0.0
-        for n in range(N):  # eval mode: mb = mg = 0, so dx = scale * dout
+        k1, k2, k3 = t(scale), t(-scale * inv * mg), t(-scale * mb)
+        for n in range(N):
             base = np.uint64((n * C + c) * S)
             for s in range(np.uint64(S)):
-                d = np.float64(doutf[base + s]) if not relu or yf[base + s] > zero else 0.0
-                dxf[base + s] = scale * (d - mb - ((xf[base + s] - mu) * inv) * mg)
+                d = doutf[base + s] if not relu or yf[base + s] > zero else zero
+                dxf[base + s] = k1 * d + k2 * (xf[base + s] - m) + k3
 
 
 @dataclass(frozen=True)
@@ -145,9 +162,12 @@ def batch_norm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, runni
     else:
         mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
     inv_std = 1.0 / np.sqrt(var + float(eps))
+    scale = gamma.astype(np.float64) * inv_std
+    shift = (beta.astype(np.float64) - mean * scale).astype(x.dtype)
+    scale = scale.astype(x.dtype)
     y = np.empty_like(x)
     yf = y.reshape(-1)
-    _split(lambda c0, c1: _affine(xf, N, C, S, c0, c1, mean, inv_std, gamma, beta, relu, yf), C)
+    _split(lambda c0, c1: _affine(xf, N, C, S, c0, c1, scale, shift, relu, yf), C)
     return y, NumbaBatchNormCache(x, mean, inv_std, gamma, bool(train), y if relu else None)
 
 
